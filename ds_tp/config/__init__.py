@@ -1,0 +1,97 @@
+"""Config front end: YAML (with marks) -> overrides -> schema -> rules -> layout.
+
+`load_config` raises one UserError listing every error in the file at once, each located at the
+file:line:col of its key; warnings and notices come back on the Config for the CLI to print.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ds_tp.errors import Finding, Problem, UserError
+from ds_tp.translators.layout import Layout, resolve_layout
+
+from . import rules
+from .overrides import apply_overrides, parse_overrides
+from .schema import top_level_defaults, validate
+from .yaml_marks import format_key_path, load_yaml_with_marks
+
+
+@dataclass
+class Config:
+    values: dict
+    source: Path
+    layout: Layout
+    marks: dict = field(default_factory=dict)
+    warnings: list[Problem] = field(default_factory=list)
+    notices: list[Problem] = field(default_factory=list)
+    user_deepspeed: dict | None = None
+
+    def where(self, path: tuple) -> str:
+        return locate(self.source, self.marks, path)
+
+
+def locate(source: Path, marks: dict, path: tuple) -> str:
+    """file:line:col of the nearest key on the path that the YAML (or the command line) set."""
+    for end in range(len(path), 0, -1):
+        mark = marks.get(tuple(path[:end]))
+        if isinstance(mark, str):
+            return mark
+        if mark:
+            return f"{source}:{mark[0]}:{mark[1]}"
+    return str(source)
+
+
+def to_problem(source: Path, marks: dict, finding: Finding) -> Problem:
+    return Problem(finding.message, where=locate(source, marks, finding.path),
+                   key=format_key_path(finding.path), hint=finding.hint)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple = (), world_size: int | None = None) -> Config:
+    source = Path(path)
+    data, marks = load_yaml_with_marks(source)
+    apply_overrides(data, marks, parse_overrides(list(overrides)))
+    findings = rules.rename_legacy(data)
+    schema_findings = validate(data)
+    findings += schema_findings
+    bad = {f.path[0] for f in schema_findings if f.level == "error" and f.path}
+    bad |= {f.path[0] for f in findings if f.level == "error" and f.path}
+    findings += rules.exclusive(data, bad)
+    bad |= {f.path[0] for f in findings if f.level == "error" and f.path}
+    findings += rules.normalise(data, bad, top_level_defaults())
+    findings += rules.cross_field(data, bad)
+    layout = None
+    if not bad & {"dp_replicate_size", "dp_shard_size", "tensor_parallel_size", "context_parallel_size"}:
+        layout, layout_findings = resolve_layout(data, world_size)
+        findings += layout_findings
+    if layout is not None and not any(f.level == "error" for f in findings):
+        findings += rules.model_shape_checks(data, layout, source.parent)
+    user_ds, ds_findings = _user_deepspeed(data, source.parent, bad)
+    findings += ds_findings
+    errors = [to_problem(source, marks, f) for f in findings if f.level == "error"]
+    if errors:
+        raise UserError(errors)
+    assert layout is not None
+    return Config(values=data, source=source, layout=layout, marks=marks, user_deepspeed=user_ds,
+                  warnings=[to_problem(source, marks, f) for f in findings if f.level == "warning"],
+                  notices=[to_problem(source, marks, f) for f in findings if f.level == "notice"])
+
+
+def _user_deepspeed(data: dict, config_dir: Path, bad: set[str]) -> tuple[dict | None, list[Finding]]:
+    value = data.get("deepspeed")
+    if value is None or "deepspeed" in bad:
+        return None, []
+    if isinstance(value, dict):
+        return value, []
+    candidates = [Path(value), config_dir / value]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        return None, [Finding(("deepspeed",), f"no such file {value!r}", "a DeepSpeed JSON file or an inline mapping")]
+    try:
+        loaded = json.loads(found.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return None, [Finding(("deepspeed",), f"{found}: not valid JSON ({exc})")]
+    if not isinstance(loaded, dict):
+        return None, [Finding(("deepspeed",), f"{found}: the JSON must be an object")]
+    return loaded, []

@@ -1,0 +1,168 @@
+"""Cross-field rules and normalisation, in one place. Each rule reads only keys that passed the
+schema (`bad` holds the top-level keys that did not), so one mistake is reported once."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ds_tp.errors import Finding
+
+BATCH_KEYS = ("micro_batch_size", "gradient_accumulation_steps", "batch_size")
+EXCLUSIVE = [("warmup_steps", "warmup_ratio"), ("save_steps", "saves_per_epoch"), ("eval_steps", "evals_per_epoch"),
+             ("gradient_accumulation_steps", "batch_size")]
+
+
+def _on(value) -> bool:
+    return value not in (None, False)
+
+
+def rename_legacy(data: dict) -> list[Finding]:
+    """Old spellings Axolotl still accepts, renamed with a warning."""
+    found: list[Finding] = []
+    if "sequence_parallel_degree" in data:
+        old = data.pop("sequence_parallel_degree")
+        if "context_parallel_size" in data and data["context_parallel_size"] != old:
+            found.append(Finding(("sequence_parallel_degree",), "conflicts with context_parallel_size",
+                                 "sequence_parallel_degree is the old name: keep only context_parallel_size"))
+        else:
+            data.setdefault("context_parallel_size", old)
+            found.append(Finding(("sequence_parallel_degree",), "is the old name of context_parallel_size",
+                                 level="warning"))
+    fsdp = data.get("fsdp_config")
+    if isinstance(fsdp, dict):
+        for key in [k for k in fsdp if isinstance(k, str) and k.startswith("fsdp_")]:
+            fsdp.setdefault(key[5:], fsdp.pop(key))
+            found.append(Finding(("fsdp_config", key), f"read as {key[5:]} (the fsdp_ prefix is dropped)",
+                                 level="warning"))
+    return found
+
+
+def normalise(data: dict, bad: set[str], defaults: dict) -> list[Finding]:
+    """Fill defaults (announcing the ones Axolotl would demand), derive batch keys, coerce strings."""
+    found: list[Finding] = []
+    for key, (value, announce) in defaults.items():
+        if key in data or key in BATCH_KEYS:
+            continue
+        data[key] = value
+        if announce:
+            found.append(Finding((key,), f"not set: using {value}", "Axolotl requires it; ds-tp uses the documented "
+                                 "default", level="notice"))
+    if "learning_rate" not in bad and isinstance(data.get("learning_rate"), str):
+        data["learning_rate"] = float(data["learning_rate"])
+    found += _batch_keys(data, bad, defaults)
+    found += _attention(data, bad)
+    return found
+
+
+def _batch_keys(data: dict, bad: set[str], defaults: dict) -> list[Finding]:
+    if bad & set(BATCH_KEYS):
+        return []
+    given = [k for k in BATCH_KEYS if data.get(k) is not None]
+    found: list[Finding] = []
+    if "gradient_accumulation_steps" in given and "batch_size" in given:
+        return []  # reported by the exclusive-keys rule
+    micro = data.get("micro_batch_size")
+    if "batch_size" in given:
+        if micro is None:
+            micro = defaults.get("micro_batch_size", (1, True))[0]
+            data["micro_batch_size"] = micro
+            found.append(Finding(("micro_batch_size",), f"not set: using {micro}", level="notice"))
+        if data["batch_size"] % micro:
+            found.append(Finding(("batch_size",), f"batch_size {data['batch_size']} is not a multiple of "
+                                 f"micro_batch_size {micro}", "batch_size = micro_batch_size x "
+                                 "gradient_accumulation_steps per data-parallel rank"))
+            return found
+        data["gradient_accumulation_steps"] = data["batch_size"] // micro
+        return found
+    for key in ("micro_batch_size", "gradient_accumulation_steps"):
+        if data.get(key) is None:
+            value = defaults.get(key, (1, True))[0]
+            data[key] = value
+            found.append(Finding((key,), f"not set: using {value}",
+                                 "Axolotl wants two of micro_batch_size, gradient_accumulation_steps, batch_size",
+                                 level="notice"))
+    data["batch_size"] = data["micro_batch_size"] * data["gradient_accumulation_steps"]
+    return found
+
+
+def _attention(data: dict, bad: set[str]) -> list[Finding]:
+    legacy = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "flex_attention": "flex_attention"}
+    on = [k for k in legacy if data.get(k) is True and k not in bad]
+    if on and data.get("attn_implementation"):
+        return [Finding((on[0],), f"conflicts with attn_implementation: {data['attn_implementation']}",
+                        "use only attn_implementation")]
+    if len(on) > 1:
+        return [Finding((on[1],), f"conflicts with {on[0]}", "choose one attention implementation")]
+    if on:
+        data["attn_implementation"] = legacy[on[0]]
+    return []
+
+
+def exclusive(data: dict, bad: set[str]) -> list[Finding]:
+    """Pairs of keys that exclude each other, as the user wrote them (before defaults are filled)."""
+    found: list[Finding] = []
+    for a, b in EXCLUSIVE:
+        if _on(data.get(a)) and _on(data.get(b)) and not {a, b} & bad:
+            found.append(Finding((b,), f"cannot be used together with {a}", f"keep one of {a} and {b}"))
+    return found
+
+
+def cross_field(data: dict, bad: set[str]) -> list[Finding]:
+    found: list[Finding] = []
+    if data.get("bf16") is True and data.get("fp16") is True:
+        found.append(Finding(("fp16",), "cannot be used together with bf16: true", "choose one precision"))
+    cp = data.get("context_parallel_size") or 1
+    if not {"context_parallel_size", "sequence_len", "micro_batch_size"} & bad and isinstance(cp, int) and cp > 1:
+        seq = data.get("sequence_len", 512)
+        if isinstance(seq, int) and seq % cp:
+            found.append(Finding(("sequence_len",), f"sequence_len {seq} is not divisible by context_parallel_size {cp}",
+                                 f"use a multiple of {cp}"))
+        if data.get("sample_packing") and data.get("micro_batch_size") != 1:
+            found.append(Finding(("micro_batch_size",), f"must be 1 with context_parallel_size {cp} and "
+                                 f"sample_packing (got {data.get('micro_batch_size')})",
+                                 "raise gradient_accumulation_steps instead"))
+    if data.get("val_set_size", 0) == 0 and not bad & {"eval_steps", "evals_per_epoch"}:
+        for key in ("eval_steps", "evals_per_epoch"):
+            if data.get(key) and not data.get("test_datasets"):
+                found.append(Finding((key,), "has no effect without val_set_size or test_datasets", level="warning"))
+    return found
+
+
+def model_shape_checks(data: dict, layout, config_dir: Path) -> list[Finding]:
+    """Heads / kv heads / widths against tp and cp, when base_model is a local folder with config.json."""
+    base = data.get("base_model")
+    if not isinstance(base, str) or (layout.tp == 1 and layout.cp == 1):
+        return []
+    path = next((p for p in (Path(base), config_dir / base) if (p / "config.json").is_file()), None)
+    if path is None:
+        return [Finding(("base_model",), "not a local folder: head and width checks against tp/cp happen at "
+                        "train time", level="notice")]
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return [Finding(("base_model",), f"cannot read {path / 'config.json'}: {exc}")]
+    return shape_findings(cfg, layout)
+
+
+def shape_findings(model_cfg: dict, layout) -> list[Finding]:
+    """Divisibility of the model's dimensions by tp and cp (also used at train time)."""
+    found: list[Finding] = []
+    heads = model_cfg.get("num_attention_heads")
+    kv = model_cfg.get("num_key_value_heads") or heads
+    dims = {"num_attention_heads": heads, "num_key_value_heads": kv,
+            "intermediate_size": model_cfg.get("intermediate_size"), "hidden_size": model_cfg.get("hidden_size")}
+    for name, value in dims.items():
+        if isinstance(value, int) and value % layout.tp:
+            found.append(Finding(("tensor_parallel_size",), f"the model's {name} ({value}) is not divisible by "
+                                 f"tensor_parallel_size {layout.tp}", "choose a tp that divides it"))
+    if isinstance(heads, int) and layout.cp > 1:
+        if heads % layout.cp:
+            found.append(Finding(("context_parallel_size",), f"the model's num_attention_heads ({heads}) is not "
+                                 f"divisible by context_parallel_size {layout.cp}"))
+        if isinstance(kv, int) and kv % layout.cp and layout.cp % kv:
+            found.append(Finding(("context_parallel_size",), f"num_key_value_heads ({kv}) and "
+                                 f"context_parallel_size {layout.cp}: neither divides the other"))
+        if layout.tp > 1 and isinstance(kv, int) and (heads // layout.tp) % layout.cp:
+            found.append(Finding(("context_parallel_size",), f"heads per TP rank ({heads // layout.tp}) not "
+                                 f"divisible by context_parallel_size {layout.cp}"))
+    return found

@@ -1,0 +1,1 @@
+"""Launching ranks: the deepspeed launcher (one machine, a hostfile, or per-node) or torchrun."""

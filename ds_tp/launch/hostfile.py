@@ -1,0 +1,64 @@
+"""DeepSpeed hostfiles (`host slots=N`, # comments), checked before anything is launched."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+from ds_tp.errors import Problem, UserError
+
+class Host(NamedTuple):
+    name: str
+    slots: int
+    line: int
+
+
+LINE = re.compile(r"^(?P<host>[A-Za-z0-9_.\-\[\]:]+)\s+slots\s*=\s*(?P<slots>\S+)$")
+
+
+def parse_hostfile(path: str | Path) -> list[Host]:
+    """Hosts in file order; every bad line is one problem naming file:line."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such hostfile") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text, not a hostfile") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read hostfile ({exc.strerror or exc})") from None
+    hosts: list[Host] = []
+    seen: dict[str, int] = {}
+    problems: list[Problem] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        where = f"{path}:{number}"
+        match = LINE.match(line)
+        if not match:
+            problems.append(Problem(f"expected 'host slots=N', got {line[:60]!r}", where=where))
+            continue
+        host, slots = match["host"], match["slots"]
+        if not slots.isdigit() or int(slots) < 1:
+            problems.append(Problem(f"slots must be a positive integer, got {slots!r}", where=where))
+            continue
+        if host in seen:
+            problems.append(Problem(f"duplicate host {host!r} (first on line {seen[host]})", where=where))
+            continue
+        seen[host] = number
+        hosts.append(Host(host, int(slots), number))
+    if not hosts and not problems:
+        problems.append(Problem("no hosts in hostfile", where=str(path)))
+    if problems:
+        raise UserError(problems)
+    return hosts
+
+
+def check_hosts_fit_layout(path: str | Path, hosts: list[Host], tp: int, cp: int) -> None:
+    """TP and CP groups must stay inside one host: tp x cp divides every host's slots."""
+    group = tp * cp
+    problems = [Problem(f"host {h.name!r} has {h.slots} slots, not a multiple of tp({tp}) x cp({cp}) = {group}: "
+                        "a TP/CP group would span hosts", where=f"{path}:{h.line}") for h in hosts if h.slots % group]
+    if problems:
+        raise UserError(problems)

@@ -1,0 +1,92 @@
+"""`ds-tp train` and `ds-tp preprocess` in the launching process: config -> plan -> launcher."""
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from ds_tp.config import Config, load_config
+from ds_tp.errors import Problem, UserError
+from ds_tp.launch.plan import PLAN_DIR, existing_checkpoints
+
+
+def prepare_training(config: Path, overrides, num_processes: int | None, *, use_profiler: bool = False,
+                     overwrite: bool = False, notify=None):
+    """Everything before the launcher: (cfg, plan, plan_path, world, device). Shared by `train` and tests."""
+    from ds_tp.device import probe_with_torch
+    from ds_tp.launch.plan import build_plan
+
+    device = probe_with_torch()
+    world = choose_world_size(config, overrides, num_processes, device["count"])
+    cfg = load_config(config, overrides, world)
+    if notify:
+        notify(cfg)
+    refuse_unsupported_layouts(cfg)
+    resume = resolve_resume(cfg)
+    plan = build_plan(cfg, device=device, resume_from=resume, use_profiler=use_profiler, overwrite=overwrite)
+    return cfg, plan, write_run_files(plan, cfg), world, device
+
+
+def refuse_unsupported_layouts(cfg: Config) -> None:
+    layout = cfg.layout
+    if layout.tp > 1 and layout.cp > 1:
+        raise UserError(Problem(
+            f"tensor_parallel_size {layout.tp} together with context_parallel_size {layout.cp} does not train on "
+            "DeepSpeed 0.19.8 (its engine replaces the Ulysses groups with AutoTP's)",
+            where=cfg.where(("context_parallel_size",)), key="context_parallel_size",
+            hint=f"nearest layouts that work: tp {layout.tp} x dp_shard {layout.dp_shard * layout.cp}, or cp "
+                 f"{layout.cp} x dp_shard {layout.dp_shard * layout.tp}"))
+
+
+def choose_world_size(config: Path, overrides, num_processes: int | None, gpu_count: int) -> int:
+    """--num-processes; else the layout's product when dp_shard_size is set; else the local GPU count."""
+    if num_processes:
+        return num_processes
+    probe = load_config(config, overrides, None)
+    if probe.values.get("dp_shard_size"):
+        return probe.layout.world
+    return max(1, gpu_count)
+
+
+def resolve_resume(cfg: Config) -> str | None:
+    values = cfg.values
+    out = Path(values.get("output_dir", "./model-out"))
+    explicit = values.get("resume_from_checkpoint")
+    if explicit:
+        path = Path(explicit)
+        if not (path / "ds_tp_state.json").is_file():
+            raise UserError(Problem(f"{explicit} is not a complete ds-tp checkpoint (no ds_tp_state.json)",
+                                    where=cfg.where(("resume_from_checkpoint",)), key="resume_from_checkpoint"))
+        _check_same_layout(cfg, path)
+        return str(path.resolve())
+    if values.get("auto_resume_from_checkpoints"):
+        done = existing_checkpoints(out)
+        if done:
+            _check_same_layout(cfg, done[-1])
+            return str(done[-1].resolve())
+    return None
+
+
+def _check_same_layout(cfg: Config, checkpoint: Path) -> None:
+    state = json.loads((checkpoint / "ds_tp_state.json").read_text())
+    saved = state.get("layout", {})
+    now = {k: getattr(cfg.layout, k) for k in ("dp_replicate", "dp_shard", "tp", "cp")}
+    if {k: saved.get(k) for k in now} != now:
+        raise UserError(Problem(f"{checkpoint} was saved with layout {saved}, this run is {now}: DeepSpeed "
+                                "checkpoints resume on the same layout", key="resume_from_checkpoint",
+                                hint=f"run with the saved layout, or `ds-tp export {checkpoint} OUT` and start "
+                                "from the exported model"))
+
+
+def write_run_files(plan, cfg: Config) -> Path:
+    run_dir = Path(plan.output_dir) / PLAN_DIR
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "resolved_config.json").write_text(json.dumps(cfg.values, indent=2, default=str))
+    (run_dir / "deepspeed_config.json").write_text(json.dumps(plan.ds_config, indent=2, sort_keys=True))
+    plan_path = run_dir / "plan.json"
+    plan.write(plan_path)
+    return plan_path
+
+
+def format_command(cmd: list[str]) -> str:
+    return " ".join(shlex.quote(c) for c in cmd)

@@ -1,0 +1,74 @@
+"""Checkpoints that survive a crash mid-save.
+
+DeepSpeed writes into `tmp-save-<step>` (never named checkpoint-<digits>), rank 0 adds ds-tp's
+state, renames it to `checkpoint-<step>`, then updates `latest` last. A checkpoint without
+ds_tp_state.json is incomplete and never resumed from.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STATE_FILE = "ds_tp_state.json"
+PREFIX = "checkpoint-"
+
+
+def _fsync_tree(path: Path) -> None:
+    for root, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+
+
+def save_checkpoint(engine, mesh, output_dir: Path, step: int, state: dict, keep_last: int | None) -> Path:
+    import deepspeed.comm as dist
+
+    tmp_tag = f"tmp-save-{step}"
+    final = output_dir / f"{PREFIX}{step}"
+    if mesh.is_main and (output_dir / tmp_tag).exists():
+        shutil.rmtree(output_dir / tmp_tag)
+    dist.barrier()
+    engine.save_checkpoint(str(output_dir), tag=tmp_tag, client_state={"step": step}, save_latest=False)
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    torch.save(rng, output_dir / tmp_tag / f"rng_state_{mesh.rank}.pt")
+    dist.barrier()
+    if mesh.is_main:
+        (output_dir / tmp_tag / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
+        _fsync_tree(output_dir / tmp_tag)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(output_dir / tmp_tag, final)
+        latest_tmp = output_dir / "latest.tmp"
+        latest_tmp.write_text(final.name)
+        os.replace(latest_tmp, output_dir / "latest")
+        if keep_last:
+            rotate(output_dir, keep_last)
+    dist.barrier()
+    return final
+
+
+def rotate(output_dir: Path, keep_last: int) -> None:
+    done = sorted((p for p in output_dir.glob(f"{PREFIX}*") if p.name[len(PREFIX):].isdigit()
+                   and (p / STATE_FILE).is_file()), key=lambda p: int(p.name[len(PREFIX):]))
+    for old in done[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(engine, mesh, checkpoint: Path) -> dict:
+    """Restore engine (weights, optimizer, scheduler) and RNG; returns ds-tp's state (step, ...)."""
+    path, _ = engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load {checkpoint}")
+    rng_file = checkpoint / f"rng_state_{mesh.rank}.pt"
+    if rng_file.exists():
+        rng = torch.load(rng_file, weights_only=False)
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+    return json.loads((checkpoint / STATE_FILE).read_text())

@@ -1,0 +1,166 @@
+"""ds-tp's explicit training loop: gradient accumulation, token-weighted loss, logging, eval, saves.
+
+Loss: every micro-batch contributes sum(token losses) / (trainable tokens in the whole global
+batch), so one optimizer step minimises the mean over every token of the global batch, whatever
+the split into micro-batches, data-parallel ranks or sequence shards. DeepSpeed divides by gas
+(backward) and averages gradients over data-parallel ranks; the factor gas * dp undoes both.
+"""
+from __future__ import annotations
+
+import math
+import resource
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ds_tp.train.batches import BatchPlan, collate, shard_sequence, trainable_tokens
+from ds_tp.train.checkpoint import save_checkpoint
+from ds_tp.train.flops import mfu
+from ds_tp.train.metrics import MetricsLog, Progress
+
+
+class Trainer:
+    def __init__(self, plan, mesh, engine, train_rows, eval_rows, pad_id: int, flops_token: float,
+                 peak: float | None, log):
+        import deepspeed.comm as dist
+
+        self.dist = dist
+        self.plan, self.mesh, self.engine, self.log = plan, mesh, engine, log
+        self.train_rows, self.eval_rows, self.pad_id = train_rows, eval_rows, pad_id
+        self.flops_token, self.peak = flops_token, peak
+        cfg = plan.config
+        self.micro = engine.train_micro_batch_size_per_gpu()
+        self.gas = engine.gradient_accumulation_steps()
+        self.layout = mesh.layout
+        self.batches = BatchPlan(rows=len(train_rows), micro=self.micro, gas=self.gas, dp=self.layout.dp,
+                                 seed=int(cfg.get("seed", 42)), steps_per_epoch=plan.steps_per_epoch)
+        labels = train_rows["labels"]
+        self.tokens_in_loss = np.array([trainable_tokens(x) for x in labels], dtype=np.int64)
+        self.row_lengths = np.array([len(x) for x in train_rows["input_ids"]], dtype=np.int64)
+        self.pad_to = int(cfg["sequence_len"]) if cfg.get("pad_to_sequence_len") else None
+        self.device = engine.device
+        self.output_dir = Path(plan.output_dir)
+
+    # --- one forward ------------------------------------------------------------------------
+    def _loss_sum(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of this rank's token losses, differentiable; same summed over the CP group)."""
+        batch = collate(rows, self.pad_id, multiple_of=self.layout.cp, pad_to=self.pad_to)
+        batch = shard_sequence(batch, self.mesh.coords["cp"], self.layout.cp)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        shift = batch.pop("shift_labels")
+        logits = self.engine(**batch, use_cache=False).logits
+        local = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift.reshape(-1),
+                                ignore_index=-100, reduction="sum")
+        if self.layout.cp > 1:
+            import torch.distributed.nn.functional as dnn
+            return local, dnn.all_reduce(local, group=self.mesh.sp_group)
+        return local, local
+
+    def _rows(self, dataset, indices) -> list[dict]:
+        return [dataset[int(i)] for i in indices]
+
+    # --- the loop ---------------------------------------------------------------------------
+    def run(self, start_step: int) -> int:
+        plan, engine = self.plan, self.engine
+        metrics = MetricsLog(self.output_dir / "metrics.jsonl", start_step) if self.mesh.is_main else None
+        progress = Progress(plan.total_steps, start_step) if self.mesh.is_main else None
+        profiler = self._profiler() if plan.use_profiler else nullcontext()
+        dp_rank = self.mesh.coords["dp"]
+        window_tokens, window_start = 0, time.perf_counter()
+        step = start_step
+        with profiler as prof:
+            for step in range(start_step, plan.total_steps):
+                global_rows = self.batches.global_rows(step)
+                global_tokens = max(1, int(self.tokens_in_loss[global_rows].sum()))
+                lr = engine.get_lr()[0] if engine.lr_scheduler is not None or engine.optimizer else None
+                accumulated = torch.zeros((), device=self.device)
+                for m in range(self.gas):
+                    rows = self._rows(self.train_rows, self.batches.micro_rows(step, m, dp_rank))
+                    local, summed = self._loss_sum(rows)
+                    engine.backward(summed * (self.gas * self.layout.dp / global_tokens))
+                    engine.step()
+                    accumulated += local.detach()
+                window_tokens += int(self.row_lengths[global_rows].sum())
+                if prof is not None and hasattr(prof, "step"):
+                    prof.step()
+                done = step + 1
+                row = None
+                if done % plan.logging_steps == 0 or done == plan.total_steps:
+                    row = self._log_row(done, accumulated, global_tokens, lr, window_tokens, window_start)
+                    window_tokens, window_start = 0, time.perf_counter()
+                    if metrics:
+                        metrics.write(row)
+                if plan.eval_steps and (done % plan.eval_steps == 0 or done == plan.total_steps):
+                    eval_row = {"step": done, "total_steps": plan.total_steps, "eval_loss": self.evaluate()}
+                    if metrics:
+                        metrics.write(eval_row)
+                        progress.update(done, eval_row)
+                if progress:
+                    progress.update(done, row)
+                if plan.save_steps and done % plan.save_steps == 0 and done < plan.total_steps:
+                    state = {"total_steps": plan.total_steps, "global_batch": plan.global_batch,
+                             "layout": plan.layout, "world": self.mesh.world, "model_path": plan.model_path,
+                             "config": plan.config}
+                    path = save_checkpoint(engine, self.mesh, self.output_dir, done, state,
+                                           plan.config.get("save_total_limit"))
+                    self.log(f"saved {path}")
+        if progress:
+            progress.close()
+        if metrics:
+            metrics.close()
+        return plan.total_steps
+
+    def _log_row(self, done, accumulated, global_tokens, lr, window_tokens, window_start) -> dict:
+        total = accumulated.clone()
+        self.dist.all_reduce(total)  # every rank's share; TP ranks hold copies, hence / tp
+        loss = total.item() / self.layout.tp / global_tokens
+        elapsed = max(time.perf_counter() - window_start, 1e-9)
+        tokens_per_s = window_tokens / elapsed
+        per_device = tokens_per_s / self.mesh.world
+        norm = self.engine.get_global_grad_norm()
+        norm = float(norm) if norm is not None else None
+        return {"step": done, "total_steps": self.plan.total_steps, "loss": loss, "lr": lr,
+                "grad_norm": norm, "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
+                "peak_mem_gib": peak_memory_gib(self.device), "mfu": mfu(per_device, self.flops_token, self.peak),
+                "epoch": done / self.plan.steps_per_epoch}
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Token-weighted loss over the whole eval split; data-parallel ranks take interleaved rows."""
+        self.engine.eval()
+        dp_rank, dp = self.mesh.coords["dp"], self.layout.dp
+        mine = list(range(dp_rank, len(self.eval_rows), dp))
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        count = torch.zeros((), device=self.device, dtype=torch.float64)
+        # Every rank runs the same number of forwards (ZeRO-3 gathers are collective).
+        batches = math.ceil(math.ceil(len(self.eval_rows) / dp) / self.micro)
+        for b in range(batches):
+            chunk = mine[b * self.micro:(b + 1) * self.micro]
+            rows = self._rows(self.eval_rows, chunk) if chunk else self._rows(self.eval_rows, [0])
+            local, _ = self._loss_sum(rows)
+            if chunk:
+                total += local.double()
+                count += sum(trainable_tokens(r["labels"]) for r in rows)
+        self.dist.all_reduce(total)
+        self.dist.all_reduce(count)
+        self.engine.train()
+        # TP ranks duplicate; CP shards partition a sequence but count tokens once per rank: divide both.
+        return (total / self.layout.tp).item() / max(1.0, (count / (self.layout.tp * self.layout.cp)).item())
+
+    def _profiler(self):
+        from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        out = self.output_dir / "profiler"
+        self.log(f"profiling steps 2-4 into {out}")
+        return profile(activities=activities, schedule=schedule(wait=1, warmup=1, active=3, repeat=1),
+                       on_trace_ready=tensorboard_trace_handler(str(out), worker_name=f"rank{self.mesh.rank}"))
+
+
+def peak_memory_gib(device) -> float:
+    if torch.cuda.is_available() and getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # CPU: peak resident set (KiB -> GiB)

@@ -1,0 +1,57 @@
+"""Load the HF model on each rank: partitioned at load time under ZeRO-3, attention chosen for the device."""
+from __future__ import annotations
+
+import torch
+
+from ds_tp.train.mesh import Mesh
+
+
+def attention_for(cfg: dict, accelerator: str, log) -> str:
+    attn = cfg.get("attn_implementation") or "sdpa"
+    if attn.startswith("flash_attention") and accelerator != "cuda":
+        log(f"attn_implementation {attn} needs a GPU: using sdpa on this {accelerator} run")
+        return "sdpa"
+    if attn.startswith("flash_attention"):
+        import importlib.util
+        if importlib.util.find_spec("flash_attn") is None:
+            log(f"attn_implementation {attn}: flash_attn is not installed, using sdpa")
+            return "sdpa"
+    return attn
+
+
+def load_model(plan, mesh: Mesh, ds_config: dict, attn: str):
+    """(model, keep_alive). keep_alive must outlive the model build: HF reads the ZeRO-3 config from it."""
+    import transformers.models.llama.modeling_llama  # noqa: F401  (import before zero.Init patches tensors)
+    from transformers import AutoModelForCausalLM
+
+    keep_alive = None
+    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    if stage == 3 and mesh.layout.tp == 1:
+        # Parameters are partitioned as each layer is built: no rank ever holds the whole model.
+        from transformers.integrations import HfDeepSpeedConfig
+        keep_alive = HfDeepSpeedConfig(ds_config)
+    model = AutoModelForCausalLM.from_pretrained(
+        plan.model_path, attn_implementation=attn, dtype=torch.float32,
+        trust_remote_code=bool(plan.config.get("trust_remote_code")))
+    gc = plan.config.get("gradient_checkpointing")
+    if gc:
+        kwargs = plan.config.get("gradient_checkpointing_kwargs") or {"use_reentrant": False}
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+    return model, keep_alive
+
+
+def sharding_report(engine, mesh: Mesh, limit: int = 4) -> list[str]:
+    """Global vs local shapes of a few parameters: proof that TP / ZeRO-3 took effect on this rank."""
+    lines = []
+    for name, param in engine.module.named_parameters():
+        if not any(k in name for k in ("layers.0.self_attn.q_proj", "layers.0.mlp.down_proj", "embed_tokens",
+                                       "lm_head")):
+            continue
+        shape = tuple(getattr(param, "ds_shape", param.shape))
+        local = getattr(param, "ds_tensor", param)
+        lines.append(f"rank {mesh.rank} {name}: global {list(shape)}, local numel {local.numel()} "
+                     f"(tp {mesh.coords['tp']}/{mesh.layout.tp})")
+        if len(lines) >= limit:
+            break
+    return lines

@@ -1,0 +1,94 @@
+"""One rank: `python -m ds_tp.train.worker --plan output_dir/ds_tp/plan.json`, started by the launcher."""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ds_tp.train.worker")
+    parser.add_argument("--plan", required=True)
+    parser.add_argument("--local_rank", type=int, default=None)  # some launchers append it
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+    import deepspeed
+
+    from ds_tp.data import load_prepared
+    from ds_tp.device import probe_with_torch
+    from ds_tp.launch.plan import RunPlan, load_tokenizer
+    from ds_tp.train.export import export_hf
+    from ds_tp.train.flops import PEAK_SOURCE, flops_per_token, peak_flops
+    from ds_tp.train.loop import Trainer
+    from ds_tp.train.mesh import attach_sequence_parallel, init_distributed
+    from ds_tp.train.model import attention_for, load_model, sharding_report
+    from ds_tp.train.checkpoint import load_checkpoint
+    from ds_tp.translators.layout import Layout
+
+    plan = RunPlan.read(Path(args.plan))
+    cfg = plan.config
+    layout = Layout(**plan.layout)
+    mesh = init_distributed(layout, int(cfg.get("ddp_timeout", 1800)))
+
+    def log(message: str) -> None:
+        if mesh.is_main:
+            print(f"[ds-tp] {message}", flush=True)
+
+    seed = int(cfg.get("seed", 42))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    device = probe_with_torch()
+    if device["accelerator"] == "cuda":
+        tf32 = cfg.get("tf32", "auto")
+        torch.backends.cuda.matmul.allow_tf32 = bool(device["tf32"]) if tf32 == "auto" else bool(tf32)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+
+    attn = attention_for(cfg, device["accelerator"], log)
+    attach_sequence_parallel(mesh, plan.model_path, attn, plan.ds_config["train_micro_batch_size_per_gpu"],
+                             int(cfg["sequence_len"]))
+    model, keep_alive = load_model(plan, mesh, plan.ds_config, attn)
+    model_cfg = model.config
+    n_embed = model_cfg.vocab_size * model_cfg.hidden_size
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()
+                                                                          if p.requires_grad],
+                                           config=plan.ds_config, mpu=mesh.mpu)
+    log(f"layout {layout.product()}; effective batch {plan.global_batch} sequences "
+        f"(micro {engine.train_micro_batch_size_per_gpu()} x gas {engine.gradient_accumulation_steps()} x dp "
+        f"{layout.dp}); ZeRO stage {engine.zero_optimization_stage()}; precision {plan.precision}; attention {attn}")
+    for axis in ("tp", "cp", "dp"):
+        log(f"{axis} groups: {layout.groups(axis)}")
+    for line in sharding_report(engine, mesh):
+        print(f"[ds-tp] {line}", flush=True)
+    for note in plan.notes:
+        log(note)
+    flops_token = flops_per_token(n_params - 2 * n_embed if not model_cfg.tie_word_embeddings else n_params - n_embed,
+                                  model_cfg.num_hidden_layers, model_cfg.hidden_size, int(cfg["sequence_len"]))
+    peak = peak_flops(device["name"], plan.precision) if device["accelerator"] == "cuda" else None
+    log(f"FLOPs/token {flops_token:.3g} = 6N + 12*L*H*T (Kaplan 2020 / PaLM app. B); peak "
+        + (f"{peak:.3g} FLOP/s ({PEAK_SOURCE})" if peak else f"unknown for {device['name']} ({plan.precision}): "
+           "MFU not reported"))
+
+    start = 0
+    if plan.resume_from:
+        state = load_checkpoint(engine, mesh, Path(plan.resume_from))
+        start = int(state["step"])
+        log(f"resumed from {plan.resume_from} at step {start}")
+    train_rows, eval_rows = load_prepared(Path(plan.prepared_path))
+    pad_id = load_tokenizer(plan.model_path, cfg).pad_token_id
+    trainer = Trainer(plan, mesh, engine, train_rows, eval_rows, pad_id, flops_token, peak, log)
+    trainer.run(start)
+    export_hf(engine, mesh, plan, Path(plan.output_dir))
+    log(f"saved the model to {plan.output_dir} (AutoModelForCausalLM.from_pretrained loads it)")
+    del keep_alive
+    import deepspeed.comm as dist
+    dist.barrier()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+CARD = EXAMPLES / "card"
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write YAML text to a file and return its path."""
+    def write(text: str, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+    return write
+
+
+MINIMAL = """\
+base_model: some/model
+datasets:
+  - path: data.jsonl
+    type: alpaca
+learning_rate: 2e-5
+micro_batch_size: 1
+gradient_accumulation_steps: 4
+"""

@@ -1,0 +1,144 @@
+"""Errors name file:line:col, the key path and what would be valid; all errors at once; exit code 2."""
+import pytest
+
+from ds_tp.config import load_config
+from ds_tp.errors import UserError
+from tests.conftest import CARD, MINIMAL
+
+
+def problems(path, overrides=(), world=None) -> list[str]:
+    with pytest.raises(UserError) as info:
+        load_config(path, overrides, world)
+    return [str(p) for p in info.value.problems]
+
+
+def test_typo_is_an_error_with_line_and_suggestion(write_config):
+    path = write_config(MINIMAL + "lerning_rate: 1e-4\n")
+    [msg] = problems(path)
+    assert msg.startswith(f"{path}:8:1: lerning_rate: unknown key")
+    assert "did you mean 'learning_rate'?" in msg
+
+
+def test_nested_typo_points_at_nested_line(write_config):
+    path = write_config(MINIMAL.replace("    type: alpaca\n", "    type: alpaca\n    feild: text\n"))
+    [msg] = problems(path)
+    assert msg.startswith(f"{path}:5:5: datasets[0].feild: unknown key")
+    assert "did you mean 'field'" in msg
+
+
+def test_all_errors_reported_at_once(write_config):
+    path = write_config(MINIMAL + "tensor_parallel_size: 0\nsequence_len: long\noptimiser: sgd\n")
+    msgs = problems(path)
+    assert len(msgs) == 3, msgs
+    assert any(":8:1: tensor_parallel_size:" in m and "must be >= 1" in m for m in msgs)
+    assert any(":9:1: sequence_len: expected an integer" in m for m in msgs)
+    assert any(":10:1: optimiser: unknown key" in m and "'optimizer'" in m for m in msgs)
+
+
+def test_enum_error_lists_valid_values(write_config):
+    path = write_config(MINIMAL + "lr_scheduler: cosin\n")
+    [msg] = problems(path)
+    assert "lr_scheduler: 'cosin' is not allowed" in msg and "did you mean 'cosine'" in msg
+
+
+def test_wrong_world_size_prints_every_factor(write_config):
+    path = write_config(MINIMAL + "dp_shard_size: 4\ntensor_parallel_size: 2\n")
+    [msg] = problems(path, world=6)
+    assert "dp_replicate(1) * dp_shard(4) * tp(2) * cp(1) = 8 != world 6" in msg
+    assert msg.startswith(f"{path}:8:1:")
+
+
+def test_dp_shard_inferred_from_world(write_config):
+    cfg = load_config(write_config(MINIMAL + "tensor_parallel_size: 2\n"), (), 8)
+    assert (cfg.layout.dp_shard, cfg.layout.tp, cfg.layout.dp_shard_inferred) == (4, 2, True)
+    [msg] = problems(write_config(MINIMAL + "tensor_parallel_size: 3\n", "b.yaml"), world=8)
+    assert "world 8 is not divisible by dp_replicate(1) * tp(3) * cp(1) = 3" in msg
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("warmup_steps: 10\nwarmup_ratio: 0.1\n", "warmup_ratio: cannot be used together with warmup_steps"),
+    ("save_steps: 10\nsaves_per_epoch: 2\n", "saves_per_epoch: cannot be used together with save_steps"),
+    ("bf16: true\nfp16: true\n", "fp16: cannot be used together with bf16"),
+    ("batch_size: 8\n", "batch_size: cannot be used together with gradient_accumulation_steps"),
+    ("context_parallel_size: 2\nsequence_len: 101\n", "sequence_len 101 is not divisible by context_parallel_size 2"),
+    ("flash_attention: true\nattn_implementation: sdpa\n", "flash_attention: conflicts with attn_implementation"),
+])
+def test_cross_field_rules(write_config, body, needle):
+    msgs = problems(write_config(MINIMAL + body), world=None)
+    assert any(needle in m for m in msgs), msgs
+
+
+def test_cp_with_packing_needs_micro_batch_one(write_config):
+    text = MINIMAL.replace("micro_batch_size: 1", "micro_batch_size: 2") + "context_parallel_size: 2\nsample_packing: true\n"
+    msgs = problems(write_config(text))
+    assert any("micro_batch_size: must be 1 with context_parallel_size 2 and sample_packing" in m for m in msgs)
+
+
+def test_unsupported_training_change_is_an_error(write_config):
+    msgs = problems(write_config(MINIMAL + "adapter: lora\nload_in_8bit: true\n"))
+    assert len(msgs) == 2
+    assert all("not implemented by ds-tp (changes what is trained)" in m for m in msgs)
+
+
+def test_backend_tuning_key_is_a_warning_only(write_config):
+    cfg = load_config(write_config(MINIMAL + "fsdp_config:\n  auto_wrap_policy: TRANSFORMER_BASED_WRAP\n"))
+    assert any("fsdp_config.auto_wrap_policy" in str(w) and "only tunes another backend" in str(w)
+               for w in cfg.warnings)
+
+
+def test_missing_required_keys_filled_with_notice():
+    cfg = load_config(CARD / "minimal-tp.yaml", (), 2)
+    assert cfg.values["learning_rate"] == 2e-5
+    assert cfg.values["micro_batch_size"] == 1 and cfg.values["gradient_accumulation_steps"] == 1
+    noticed = " ".join(str(n) for n in cfg.notices)
+    assert "learning_rate: not set: using 2e-05" in noticed and "micro_batch_size: not set" in noticed
+
+
+def test_learning_rate_string_becomes_float(write_config):
+    assert load_config(write_config(MINIMAL)).values["learning_rate"] == 2e-5
+    [msg] = problems(write_config(MINIMAL.replace("2e-5", "fast"), "b.yaml"))
+    assert "learning_rate: expected a number" in msg
+
+
+def test_batch_size_derives_accumulation(write_config):
+    text = MINIMAL.replace("gradient_accumulation_steps: 4\n", "batch_size: 8\n").replace("micro_batch_size: 1",
+                                                                                            "micro_batch_size: 2")
+    assert load_config(write_config(text)).values["gradient_accumulation_steps"] == 4
+
+
+def test_local_model_heads_checked_against_tp(write_config, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"num_attention_heads": 6, "num_key_value_heads": 3, "hidden_size": 96, '
+                                       '"intermediate_size": 256}')
+    text = MINIMAL.replace("some/model", str(model)) + "tensor_parallel_size: 2\n"
+    msgs = problems(write_config(text), world=2)
+    assert any("num_key_value_heads (3) is not divisible by tensor_parallel_size 2" in m for m in msgs)
+
+
+def test_hub_model_shape_checks_deferred(write_config):
+    cfg = load_config(write_config(MINIMAL + "tensor_parallel_size: 2\n"), (), 2)
+    assert any("checks against tp/cp happen at train time" in str(n) for n in cfg.notices)
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"", "empty config"),
+    (b"# only a comment\n", "empty config"),
+    (b"\x00\x01\x02binary", "binary file"),
+    (b"\xff\xfe bad utf8", "not UTF-8"),
+    (b"base_model: [unclosed\n", "invalid YAML"),
+    (b"- a\n- b\n", "top level must be a mapping"),
+    (b"base_model: a\nbase_model: b\n", "duplicate key"),
+    (b"a: &x 1\nb: *x\n<<: {c: 1}\n", "merge keys"),
+    (b"!!python/object:os.system {}\n", "invalid YAML"),
+])
+def test_broken_files_are_one_clear_line(tmp_path, content, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    msgs = problems(path)
+    assert any(needle in m for m in msgs), msgs
+    assert all("\n" not in m and str(path) in m for m in msgs)
+
+
+def test_missing_file(tmp_path):
+    assert "no such config file" in problems(tmp_path / "nope.yaml")[0]
