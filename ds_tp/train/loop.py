@@ -76,7 +76,7 @@ class Trainer:
             for step in range(start_step, plan.total_steps):
                 global_rows = self.batches.global_rows(step)
                 global_tokens = max(1, int(self.tokens_in_loss[global_rows].sum()))
-                lr = engine.get_lr()[0] if engine.lr_scheduler is not None or engine.optimizer else None
+                lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step runs at
                 accumulated = torch.zeros((), device=self.device)
                 for m in range(self.gas):
                     rows = self._rows(self.train_rows, self.batches.micro_rows(step, m, dp_rank))

@@ -25,8 +25,11 @@ def load_model(plan, mesh: Mesh, ds_config: dict, attn: str):
     from transformers import AutoModelForCausalLM
 
     keep_alive = None
-    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
-    if stage == 3 and mesh.layout.tp == 1:
+    zero = ds_config.get("zero_optimization", {})
+    # AutoTP needs whole weights to split; hpZ's secondary copies are made at partition time and
+    # would keep the random init if weights were loaded into partitions afterwards (measured: the
+    # first loss differs). Those layouts load whole and let deepspeed.initialize partition.
+    if zero.get("stage", 0) == 3 and mesh.layout.tp == 1 and not zero.get("zero_hpz_partition_size"):
         # Parameters are partitioned as each layer is built: no rank ever holds the whole model.
         from transformers.integrations import HfDeepSpeedConfig
         keep_alive = HfDeepSpeedConfig(ds_config)

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32
 
     attn = attention_for(cfg, device["accelerator"], log)
+    if layout.cp > 1 and attn == "sdpa":
+        from ds_tp.train.attention import register_packed_sdpa
+        attn = register_packed_sdpa()
     attach_sequence_parallel(mesh, plan.model_path, attn, plan.ds_config["train_micro_batch_size_per_gpu"],
                              int(cfg["sequence_len"]))
     model, keep_alive = load_model(plan, mesh, plan.ds_config, attn)
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     for axis in ("tp", "cp", "dp"):
         log(f"{axis} groups: {layout.groups(axis)}")
     for line in sharding_report(engine, mesh):
-        print(f"[ds-tp] {line}", flush=True)
+        log(line)
     for note in plan.notes:
         log(note)
     flops_token = flops_per_token(n_params - 2 * n_embed if not model_cfg.tie_word_embeddings else n_params - n_embed,

@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+"""Check a finished quickstart run: the loss fell below 80% of its start, the saved model loads with
+from_pretrained, and it answers the held-out tasks right more often than the untrained model.
+Prints the figures; exits 1 if a check fails."""
+import json
+import sys
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ds_tp.assets import greedy_accuracy, resolve_builtin_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(out: Path) -> int:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    heldout = [json.loads(line) for line in (ROOT / "examples/quickstart/data/heldout.jsonl").read_text().splitlines()]
+    trained = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    untrained = AutoModelForCausalLM.from_pretrained(resolve_builtin_model("builtin:tiny-llama"))
+    before, after = greedy_accuracy(untrained, tokenizer, heldout), greedy_accuracy(trained, tokenizer, heldout)
+    ratio = losses[-1] / losses[0]
+    print(f"quickstart: loss {losses[0]:.3f} -> {losses[-1]:.3f} ({100 * ratio:.0f}% of the first logged step); "
+          f"held-out greedy accuracy {100 * before:.0f}% before -> {100 * after:.0f}% after ({len(heldout)} tasks)")
+    ok = ratio < 0.8 and after > before
+    print("quickstart: OK" if ok else "quickstart: FAILED (loss must fall below 80% and accuracy must rise)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/quickstart")))

@@ -1,0 +1,51 @@
+"""A layout changes who computes, never what: per-step losses equal to one process (SGD, 6 steps)."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.ranks.harness import SHARP, losses, train
+
+STEPS = ["--max-steps", "6"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One-process runs by global batch size (micro 1 x gas), each trained once per module."""
+    runs = {}
+
+    def get(global_batch: int):
+        if global_batch not in runs:
+            out = tmp_path_factory.mktemp(f"ref{global_batch}") / "run"
+            rows = train(out, [*SHARP, *STEPS, "--dp-shard-size", "1", "--gradient-accumulation-steps",
+                               str(global_batch)], 1)
+            runs[global_batch] = out, losses(rows)
+        return runs[global_batch]
+    return get
+
+
+def weights(out):
+    return load_file(str(out / "model.safetensors"))
+
+
+@pytest.mark.parametrize("name, overrides, nproc", [
+    ("dp_shard2", ["--dp-shard-size", "2", "--gradient-accumulation-steps", "1"], 2),
+    ("tp2", ["--dp-shard-size", "1", "--tensor-parallel-size", "2", "--gradient-accumulation-steps", "2"], 2),
+    ("cp2", ["--dp-shard-size", "1", "--context-parallel-size", "2", "--gradient-accumulation-steps", "2"], 2),
+    ("tp2_dp_shard2", ["--dp-shard-size", "2", "--tensor-parallel-size", "2", "--gradient-accumulation-steps", "1"], 4),
+    ("cp2_dp_shard2", ["--dp-shard-size", "2", "--context-parallel-size", "2", "--gradient-accumulation-steps", "1"], 4),
+    ("hpz_rep2_shard2", ["--dp-shard-size", "2", "--dp-replicate-size", "2", "--gradient-accumulation-steps", "1"], 4),
+])
+def test_layout_matches_one_process(reference, tmp_path, name, overrides, nproc):
+    out = tmp_path / name
+    got = losses(train(out, [*SHARP, *STEPS, *overrides], nproc))
+    plan = json.loads((out / "ds_tp" / "plan.json").read_text())
+    ref_out, ref_losses = reference(plan["global_batch"])
+    assert len(got) == len(ref_losses) == 6
+    diffs = [abs(a - b) for a, b in zip(got, ref_losses)]
+    assert max(diffs) < 1e-5, (got, ref_losses)
+    assert ref_losses[-1] < ref_losses[0]  # it trained
+    a, b = weights(out), weights(ref_out)
+    assert a.keys() == b.keys()
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-4
