@@ -1,0 +1,57 @@
+"""The real `ds-tp train` command with the real launchers (kept few: each start costs ~10-20 s)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES, ROOT
+
+DS_TP = str(Path(sys.executable).parent / "ds-tp")
+SHORT = ["--max-steps", "3", "--logging-steps", "1", "--sequence-len", "64"]
+
+
+def ds_tp(*args, timeout=400):
+    env = dict(os.environ, PATH="/usr/bin:/bin", OMP_NUM_THREADS="1")  # venv not activated
+    proc = subprocess.Popen([DS_TP, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=ROOT, env=env)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out
+
+
+@pytest.mark.parametrize("launcher", ["deepspeed", "torchrun"])
+def test_train_through_launcher(tmp_path, launcher):
+    out = tmp_path / "run"
+    code, log = ds_tp("train", EXAMPLES / "quickstart.yaml", *SHORT, "--launcher", launcher, "--output-dir", out,
+                      "--dataset-prepared-path", tmp_path / "prep")
+    assert code == 0, log[-4000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert (out / "model.safetensors").is_file()
+    assert "ZeRO stage 3" in log and "step 3/3" in log
+
+
+def test_print_command_uses_this_interpreter(tmp_path):
+    code, log = ds_tp("train", EXAMPLES / "quickstart.yaml", *SHORT, "--print-command", "--output-dir",
+                      tmp_path / "o", "--dataset-prepared-path", tmp_path / "prep")
+    assert code == 0, log
+    assert f"{sys.executable} -m deepspeed.launcher.runner --num_gpus 2" in log
+
+
+def test_bad_dataset_row_is_one_line_before_any_rank(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text((EXAMPLES / "quickstart.yaml").read_text().replace("examples/quickstart/data/tasks.jsonl", str(data)))
+    code, log = ds_tp("train", cfg, "--output-dir", tmp_path / "o", "--dataset-prepared-path", tmp_path / "prep")
+    assert code == 2, log
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "row 2" in errors[0] and "output" in errors[0], log
+    assert "Traceback" not in log and "deepspeed.launcher" not in log
