@@ -127,29 +127,49 @@ def translate(ctx, config, world_size, num_processes, num_machines, hostfile, ou
 @main.command(context_settings=PASS_THROUGH)
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--num-processes", type=click.IntRange(min=1),
-              help="Ranks in total (default: the layout's product when dp_shard_size is set, else the GPU count).")
+              help="Ranks over all machines (default: the layout's product when dp_shard_size is set, else the GPU count).")
 @click.option("--launcher", type=click.Choice(["deepspeed", "torchrun", "accelerate"]), default="deepspeed",
               show_default=True, help="accelerate is accepted and launches through deepspeed.")
+@click.option("--num-machines", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Machines; with --machine-rank, run the same command once on each.")
+@click.option("--machine-rank", type=click.IntRange(min=0), help="This machine's rank (0 = the main process's).")
+@click.option("--main-process-ip", default="127.0.0.1", show_default=True, help="Address of machine rank 0.")
 @click.option("--main-process-port", type=click.IntRange(1, 65535), help="Master port (default: a free one).")
+@click.option("--hostfile", type=click.Path(path_type=Path), help="DeepSpeed hostfile (`host slots=N`): "
+              "launch every host from here through the runner.")
+@click.option("--multinode-runner", type=click.Choice(["pdsh", "openmpi", "mvapich", "slurm", "mpich", "impi"]),
+              default="pdsh", show_default=True, help="The deepspeed runner's back-end with --hostfile.")
 @click.option("--use-profiler", is_flag=True, help="Write a torch profiler trace of a few steps to output_dir.")
 @click.option("--overwrite", is_flag=True, help="Replace a previous run in output_dir.")
-@click.option("--dry-run", is_flag=True, help="Prepare and print the plan and layout; do not launch.")
+@click.option("--dry-run", is_flag=True, help="Prepare and print the plan, layout and sharding; do not launch.")
 @click.option("--print-command", is_flag=True, help="Print the launcher command instead of running it.")
 @click.pass_context
 @user_errors
-def train(ctx, config, num_processes, launcher, main_process_port, use_profiler, overwrite, dry_run, print_command):
+def train(ctx, config, num_processes, launcher, num_machines, machine_rank, main_process_ip, main_process_port,
+          hostfile, multinode_runner, use_profiler, overwrite, dry_run, print_command):
     """Train CONFIG: prepare data here, then launch ranks with the deepspeed launcher (or torchrun)."""
-    from ds_tp.launch.command import free_port, launcher_command, rank_environment
+    from ds_tp.launch.command import LaunchSpec, free_port, launcher_command, rank_environment
     from ds_tp.launch.run import run_launcher
-    from ds_tp.launch.train import format_command, prepare_training
+    from ds_tp.launch.train import carry_environment, format_command, hostfile_world, prepare_training
 
     if launcher == "accelerate":
         _err("notice: --launcher accelerate: ds-tp launches its ranks through the deepspeed launcher")
         launcher = "deepspeed"
-    cfg, plan, plan_path, world, device = prepare_training(config, ctx.args, num_processes, use_profiler=use_profiler,
-                                                           overwrite=overwrite, notify=_print_findings)
-    cmd = launcher_command(launcher, world, str(plan_path.resolve()),
-                           master_port=main_process_port or free_port())
+    if hostfile and not num_processes:
+        num_processes = hostfile_world(hostfile)
+    spec = LaunchSpec(launcher=launcher, world=0, num_machines=num_machines, machine_rank=machine_rank,
+                      master_addr=main_process_ip, master_port=main_process_port or 0,
+                      hostfile=str(hostfile.resolve()) if hostfile else None, runner=multinode_runner)
+    cfg, plan, plan_path, world, device = prepare_training(
+        config, ctx.args, num_processes, use_profiler=use_profiler, overwrite=overwrite, notify=_print_findings,
+        machine_rank=machine_rank or 0, hostfile=hostfile)
+    spec.world = world
+    spec.check()
+    if not spec.master_port:
+        if num_machines > 1 and machine_rank is not None:
+            raise UserError("command line: --main-process-port is needed when each machine is launched on its own")
+        spec.master_port = free_port()
+    cmd = launcher_command(spec, str(plan_path.resolve()), plan_path.parent)
     _err(f"ds-tp: {cfg.layout.product()}; {plan.total_steps} steps of {plan.global_batch} sequences "
          f"({plan.steps_per_epoch} per epoch); plan {plan_path}")
     if dry_run or print_command:
@@ -158,7 +178,10 @@ def train(ctx, config, num_processes, launcher, main_process_port, use_profiler,
             print_dry_run(plan, cfg)
         click.echo(format_command(cmd))
         return
-    code = run_launcher(cmd, rank_environment(world, device["accelerator"]))
+    env = rank_environment(spec.per_node, device["accelerator"])
+    if hostfile:
+        env["DS_ENV_FILE"] = str(carry_environment(env, plan_path.parent))
+    code = run_launcher(cmd, env)
     if code != 0:
         _err(f"ds-tp: training failed (launcher exit code {code}); see the rank output above")
         sys.exit(code if 0 < code < 256 else 1)

@@ -127,7 +127,7 @@ def every(cfg: dict, steps_key: str, per_epoch_key: str, steps_per_epoch: int) -
 
 
 def build_plan(cfg: Config, *, device: dict, resume_from: str | None, use_profiler: bool,
-               overwrite: bool) -> RunPlan:
+               overwrite: bool, check_output: bool = True) -> RunPlan:
     from transformers import AutoConfig
 
     from ds_tp.data import prepare_datasets
@@ -137,7 +137,8 @@ def build_plan(cfg: Config, *, device: dict, resume_from: str | None, use_profil
 
     values = cfg.values
     output_dir = Path(values.get("output_dir", "./model-out"))
-    check_output_dir(output_dir, resuming=bool(resume_from), overwrite=overwrite)
+    if check_output:
+        check_output_dir(output_dir, resuming=bool(resume_from), overwrite=overwrite)
     model_path = resolve_model_path(values["base_model"], cfg.source.parent)
     tokenizer = load_tokenizer(model_path, values)
     try:

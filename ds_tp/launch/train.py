@@ -11,8 +11,12 @@ from ds_tp.launch.plan import PLAN_DIR, existing_checkpoints
 
 
 def prepare_training(config: Path, overrides, num_processes: int | None, *, use_profiler: bool = False,
-                     overwrite: bool = False, notify=None):
-    """Everything before the launcher: (cfg, plan, plan_path, world, device). Shared by `train` and tests."""
+                     overwrite: bool = False, notify=None, machine_rank: int = 0, hostfile: Path | None = None):
+    """Everything before the launcher: (cfg, plan, plan_path, world, device). Shared by `train` and tests.
+
+    On machine ranks > 0 the output_dir check is machine 0's job: a sibling node of the same run
+    must not refuse the folder that machine 0 has just started writing.
+    """
     from ds_tp.device import probe_with_torch
     from ds_tp.launch.plan import build_plan
 
@@ -22,9 +26,30 @@ def prepare_training(config: Path, overrides, num_processes: int | None, *, use_
     if notify:
         notify(cfg)
     refuse_unsupported_layouts(cfg)
+    if hostfile:
+        from ds_tp.launch.hostfile import check_hosts_fit_layout, parse_hostfile
+        check_hosts_fit_layout(hostfile, parse_hostfile(hostfile), cfg.layout.tp, cfg.layout.cp)
     resume = resolve_resume(cfg)
-    plan = build_plan(cfg, device=device, resume_from=resume, use_profiler=use_profiler, overwrite=overwrite)
-    return cfg, plan, write_run_files(plan, cfg), world, device
+    plan = build_plan(cfg, device=device, resume_from=resume, use_profiler=use_profiler, overwrite=overwrite,
+                      check_output=machine_rank == 0)
+    return cfg, plan, write_run_files(plan, cfg, machine_rank), world, device
+
+
+def hostfile_world(hostfile: Path) -> int:
+    from ds_tp.launch.hostfile import parse_hostfile
+    return sum(h.slots for h in parse_hostfile(hostfile))
+
+
+# Variables every node's ranks need; the runner's own list only covers NCCL/PYTHON/UCX/MV2/MLFLOW.
+CARRIED_PREFIXES = ("NCCL_", "HF_", "PYTHONPATH", "OMP_", "DS_TP_", "TRANSFORMERS_", "CUDA_", "TORCH_")
+
+
+def carry_environment(env: dict, run_dir: Path) -> Path:
+    """An env file for DeepSpeed's runner (DS_ENV_FILE), never the user's own ~/.deepspeed_env."""
+    lines = [f"{k}={v}\n" for k, v in sorted(env.items()) if k.startswith(CARRIED_PREFIXES) and "\n" not in v]
+    path = run_dir / "deepspeed_env"
+    path.write_text("".join(lines))
+    return path.resolve()
 
 
 def refuse_unsupported_layouts(cfg: Config) -> None:
@@ -78,12 +103,13 @@ def _check_same_layout(cfg: Config, checkpoint: Path) -> None:
                                 "from the exported model"))
 
 
-def write_run_files(plan, cfg: Config) -> Path:
+def write_run_files(plan, cfg: Config, machine_rank: int = 0) -> Path:
     run_dir = Path(plan.output_dir) / PLAN_DIR
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "resolved_config.json").write_text(json.dumps(cfg.values, indent=2, default=str))
-    (run_dir / "deepspeed_config.json").write_text(json.dumps(plan.ds_config, indent=2, sort_keys=True))
-    plan_path = run_dir / "plan.json"
+    if machine_rank == 0:  # one writer when output_dir is shared storage
+        (run_dir / "resolved_config.json").write_text(json.dumps(cfg.values, indent=2, default=str))
+        (run_dir / "deepspeed_config.json").write_text(json.dumps(plan.ds_config, indent=2, sort_keys=True))
+    plan_path = run_dir / ("plan.json" if machine_rank == 0 else f"plan-machine{machine_rank}.json")
     plan.write(plan_path)
     return plan_path
 

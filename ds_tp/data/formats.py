@@ -1,0 +1,50 @@
+"""A dataset entry's `type` -> the formatter that turns its rows into tokens. Checked once per
+entry, before any file is read, so a wrong type is reported without tokenizing anything."""
+from __future__ import annotations
+
+from ds_tp.data.chat import TRAIN_ON_EOS, chat_formatter, resolve_chat_template
+from ds_tp.data.prompts import (Formatter, alpaca_formatter, check_user_defined, completion_formatter,
+                                user_defined_formatter)
+from ds_tp.errors import Problem, UserError
+
+KNOWN_TYPES = ("alpaca", "completion", "chat_template")
+
+
+def formatter_for(entry: dict, index: int, cfg: dict, tokenizer) -> Formatter:
+    key = f"datasets[{index}]"
+    kind = entry.get("type")
+    train_on_inputs = bool(cfg.get("train_on_inputs"))
+    if isinstance(kind, dict):
+        problems = [Problem(message, key=f"{key}.type.{field}") for field, message in check_user_defined(kind)]
+        if problems:
+            raise UserError(problems)
+        return user_defined_formatter(tokenizer, kind, train_on_inputs=train_on_inputs)
+    if kind == "alpaca":
+        return alpaca_formatter(tokenizer, train_on_inputs=train_on_inputs)
+    if kind == "completion":
+        return completion_formatter(tokenizer, field=entry.get("field") or "text",
+                                    sequence_len=int(cfg.get("sequence_len") or 512))
+    if kind == "chat_template":
+        return chat_template_formatter(entry, key, cfg, tokenizer)
+    hint = "one of: " + ", ".join(KNOWN_TYPES) + ", or a mapping (a user-defined instruction format)"
+    if isinstance(kind, str) and kind.startswith("sharegpt"):
+        hint = "sharegpt types were removed from Axolotl: use type: chat_template"
+    shown = "missing" if kind is None else f"unknown dataset type {kind!r}"
+    raise UserError(Problem(shown, key=f"{key}.type", hint=hint))
+
+
+def chat_template_formatter(entry: dict, key: str, cfg: dict, tokenizer) -> Formatter:
+    template = resolve_chat_template(tokenizer, entry.get("chat_template") or cfg.get("chat_template"),
+                                     entry.get("chat_template_jinja") or cfg.get("chat_template_jinja"),
+                                     key=f"{key}.chat_template")
+    train_on_eos = entry.get("train_on_eos") or "turn"
+    if train_on_eos not in TRAIN_ON_EOS:
+        raise UserError(Problem(f"unknown train_on_eos {train_on_eos!r}", key=f"{key}.train_on_eos",
+                                hint="one of: " + ", ".join(TRAIN_ON_EOS)))
+    roles = entry.get("roles_to_train")
+    roles = ["assistant"] if roles is None else roles
+    if not roles or not all(isinstance(role, str) for role in roles):
+        raise UserError(Problem("expected a non-empty list of role names", key=f"{key}.roles_to_train"))
+    return chat_formatter(tokenizer, template=template, field_messages=entry.get("field_messages") or "messages",
+                          roles_to_train=list(roles), train_on_eos=train_on_eos,
+                          property_names=entry.get("message_property_mappings"))
