@@ -13,14 +13,23 @@ from ds_tp.assets import greedy_accuracy, resolve_builtin_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(out: Path) -> int:
+def figures(out: Path) -> dict:
+    """First/last logged loss and held-out greedy accuracy before/after training."""
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     heldout = [json.loads(line) for line in (ROOT / "examples/quickstart/data/heldout.jsonl").read_text().splitlines()]
     trained = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     untrained = AutoModelForCausalLM.from_pretrained(resolve_builtin_model("builtin:tiny-llama"))
-    before, after = greedy_accuracy(untrained, tokenizer, heldout), greedy_accuracy(trained, tokenizer, heldout)
+    return {"first_loss": losses[0], "last_loss": losses[-1], "tasks": len(heldout),
+            "accuracy_before": greedy_accuracy(untrained, tokenizer, heldout),
+            "accuracy_after": greedy_accuracy(trained, tokenizer, heldout)}
+
+
+def main(out: Path) -> int:
+    f = figures(out)
+    losses, before, after, heldout = [f["first_loss"], f["last_loss"]], f["accuracy_before"], f["accuracy_after"], \
+        range(f["tasks"])
     ratio = losses[-1] / losses[0]
     print(f"quickstart: loss {losses[0]:.3f} -> {losses[-1]:.3f} ({100 * ratio:.0f}% of the first logged step); "
           f"held-out greedy accuracy {100 * before:.0f}% before -> {100 * after:.0f}% after ({len(heldout)} tasks)")
