@@ -54,8 +54,9 @@ class _Loader(yaml.SafeLoader):
 def load_yaml_with_marks(path: Path) -> tuple[dict, dict[KeyPath, tuple[int, int]]]:
     """Parse a config file. Returns (data, marks) where marks[key_path] = (line, col), 1-based."""
     text = read_config_text(path)
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # the reader rejects control characters already here
         node = loader.get_single_node()
         if node is None:
             raise UserError(f"{path}: empty config")
@@ -70,12 +71,17 @@ def load_yaml_with_marks(path: Path) -> tuple[dict, dict[KeyPath, tuple[int, int
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         what = " ".join(x for x in (exc.context, exc.problem) if x) or "invalid YAML"
         raise UserError(Problem(f"invalid YAML: {what}", where=where)) from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise UserError(f"{path}:{line}: invalid YAML: control character U+{exc.character:04X} is not allowed") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: invalid YAML: {exc}") from None
+        first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
+        raise UserError(f"{path}: invalid YAML: {first}") from None
     except RecursionError:
         raise UserError(f"{path}: YAML nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         kind = type(data).__name__
         raise UserError(Problem(f"the top level must be a mapping of keys (got {kind})", where=f"{path}:1:1"))

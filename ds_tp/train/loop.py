@@ -94,10 +94,12 @@ class Trainer:
                     window_tokens, window_start = 0, time.perf_counter()
                     if metrics:
                         metrics.write(row)
+                        self._monitor(row, ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"))
                 if plan.eval_steps and (done % plan.eval_steps == 0 or done == plan.total_steps):
                     eval_row = {"step": done, "total_steps": plan.total_steps, "eval_loss": self.evaluate()}
                     if metrics:
                         metrics.write(eval_row)
+                        self._monitor(eval_row, ("eval_loss",))
                         progress.update(done, eval_row)
                 if progress:
                     progress.update(done, row)
@@ -127,6 +129,12 @@ class Trainer:
                 "grad_norm": norm, "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
                 "peak_mem_gib": peak_memory_gib(self.device), "mfu": mfu(per_device, self.flops_token, self.peak),
                 "epoch": done / self.plan.steps_per_epoch}
+
+    def _monitor(self, row: dict, keys: tuple) -> None:
+        """The same figures to DeepSpeed's tensorboard/wandb monitors, when the config enables them."""
+        monitor = getattr(self.engine, "monitor", None)
+        if monitor is not None and monitor.enabled:
+            monitor.write_events([(f"Train/{k}", row[k], row["step"]) for k in keys if row.get(k) is not None])
 
     @torch.no_grad()
     def evaluate(self) -> float:

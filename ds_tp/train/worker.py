@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{axis} groups: {layout.groups(axis)}")
     for line in sharding_report(engine, mesh):
         log(line)
+    if layout.tp > 1 and model_cfg.tie_word_embeddings:
+        log("tied input/output embeddings: AutoTP keeps them replicated on every TP rank (not sharded)")
     for note in plan.notes:
         log(note)
     flops_token = flops_per_token(n_params - 2 * n_embed if not model_cfg.tie_word_embeddings else n_params - n_embed,

@@ -55,3 +55,21 @@ def test_bad_dataset_row_is_one_line_before_any_rank(tmp_path):
     errors = [line for line in log.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "row 2" in errors[0] and "output" in errors[0], log
     assert "Traceback" not in log and "deepspeed.launcher" not in log
+
+
+def test_dry_run_prints_layout_and_sharding(tmp_path):
+    code, log = ds_tp("train", EXAMPLES / "quickstart.yaml", *SHORT, "--dry-run", "--tensor-parallel-size", "2",
+                      "--num-processes", "4", "--output-dir", tmp_path / "o", "--dataset-prepared-path", tmp_path / "p")
+    assert code == 0, log
+    assert "layout: dp_replicate(1) * dp_shard(2) * tp(2) * cp(1) = 4" in log
+    assert "tp groups: [[0, 1], [2, 3]]" in log and "dp groups: [[0, 2], [1, 3]]" in log
+    assert "layers.0.self_attn.q_proj.weight: global [64, 64] -> tp-local [32, 64]" in log
+    assert "effective batch: 16 sequences" in log
+
+
+def test_tp_with_cp_is_refused_before_launch(tmp_path):
+    code, log = ds_tp("train", EXAMPLES / "quickstart.yaml", *SHORT, "--tensor-parallel-size", "2",
+                      "--context-parallel-size", "2", "--num-processes", "4", "--output-dir", tmp_path / "o")
+    assert code == 2, log
+    assert "does not train on DeepSpeed 0.19.8" in log and "nearest layouts that work" in log
+    assert not (tmp_path / "o").exists()

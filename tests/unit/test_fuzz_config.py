@@ -32,7 +32,7 @@ def check(tmp_path, text: str, world) -> None:
         assert exc.problems and all("\n" not in str(p) for p in exc.problems)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=700, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=st.dictionaries(st.sampled_from(KEYS), values, max_size=4),
        drop=st.lists(st.sampled_from(sorted(BASE)), max_size=3), world=st.sampled_from([None, 1, 2, 8, 16]))
 def test_mutated_configs_never_crash(tmp_path, changes, drop, world):
@@ -41,7 +41,7 @@ def test_mutated_configs_never_crash(tmp_path, changes, drop, world):
     check(tmp_path, yaml.safe_dump(data, allow_unicode=True), world)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(blob=st.one_of(st.binary(max_size=200), st.text(max_size=200)))
 def test_arbitrary_files_never_crash(tmp_path, blob):
     path = tmp_path / "c.yaml"

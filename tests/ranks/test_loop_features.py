@@ -1,0 +1,21 @@
+"""Eval loss, checkpoint rotation and the profiler trace, on 2 spawned ranks (ZeRO-3)."""
+import json
+
+from tests.ranks.harness import read_metrics, train
+
+
+def test_eval_rotation_profiler(tmp_path):
+    out = tmp_path / "run"
+    rows = train(out, ["--max-steps", "6", "--logging-steps", "2", "--sequence-len", "64", "--val-set-size", "0.05",
+                       "--eval-steps", "3", "--save-steps", "2", "--save-total-limit", "1", "--use-profiler"], 2)
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "eval_loss" in r]
+    assert [r["step"] for r in train_rows] == [2, 4, 6]
+    assert [r["step"] for r in eval_rows] == [3, 6]
+    assert all("loss" not in r for r in eval_rows)
+    assert 0 < eval_rows[-1]["eval_loss"] < eval_rows[0]["eval_loss"] < 10
+    # save_total_limit 1: only the newest complete checkpoint is kept
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    traces = list((out / "profiler").glob("*.json"))
+    assert traces, list(out.iterdir())
+    assert "traceEvents" in json.loads(traces[0].read_text())
