@@ -7,7 +7,7 @@ from tests.ranks.harness import read_metrics, train
 def test_eval_rotation_profiler(tmp_path):
     out = tmp_path / "run"
     rows = train(out, ["--max-steps", "6", "--logging-steps", "2", "--sequence-len", "64", "--val-set-size", "0.05",
-                       "--eval-steps", "3", "--save-steps", "2", "--save-total-limit", "1", "--use-profiler"], 2)
+                       "--eval-steps", "3", "--save-steps", "2", "--save-total-limit", "1"], 2, use_profiler=True)
     train_rows = [r for r in rows if "loss" in r]
     eval_rows = [r for r in rows if "eval_loss" in r]
     assert [r["step"] for r in train_rows] == [2, 4, 6]

@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from tests.ranks.harness import SHARP, losses, train
 
@@ -25,8 +25,15 @@ def reference(tmp_path_factory):
     return get
 
 
+@pytest.fixture(autouse=True)
+def small_export_shards(monkeypatch):
+    """~1 MB model in 0.1 MB shards: every layout's export goes through the shard index."""
+    monkeypatch.setenv("DS_TP_EXPORT_SHARD_MB", "0.1")
+
+
 def weights(out):
-    return load_file(str(out / "model.safetensors"))
+    assert (out / "model.safetensors.index.json").is_file()
+    return AutoModelForCausalLM.from_pretrained(out).state_dict()
 
 
 @pytest.mark.parametrize("name, overrides, nproc", [
