@@ -55,3 +55,24 @@ def test_foreign_output_dir_is_not_overwritten(run_a):
     with pytest.raises(UserError) as info:
         prepare_training(QUICKSTART, [*FAST, "--output-dir", str(a_out)], 2)
     assert "already holds a run" in str(info.value) and "--overwrite" in str(info.value)
+
+
+def test_export_command_turns_a_checkpoint_into_a_model(run_a, tmp_path):
+    """`ds-tp export`: a crashed run's checkpoint still yields a usable HF model (ZeRO-3 partitions merged)."""
+    from click.testing import CliRunner
+    from safetensors.torch import load_file
+
+    from ds_tp.cli import main
+
+    a_out, _ = run_a
+    result = CliRunner().invoke(main, ["export", str(a_out / "checkpoint-3"), str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert model.config.num_hidden_layers == 4
+    # the step-3 weights differ from the final (step-6) export of the same run
+    final = AutoModelForCausalLM.from_pretrained(a_out).state_dict()
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert model.state_dict()[key].shape == final[key].shape
+    assert not torch.equal(model.state_dict()[key], final[key])
+    bad = CliRunner().invoke(main, ["export", str(tmp_path), str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "not a complete ds-tp checkpoint" in bad.output

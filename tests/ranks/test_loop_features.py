@@ -19,3 +19,14 @@ def test_eval_rotation_profiler(tmp_path):
     traces = list((out / "profiler").glob("*.json"))
     assert traces, list(out.iterdir())
     assert "traceEvents" in json.loads(traces[0].read_text())
+
+
+def test_bf16_with_gradient_checkpointing_trains(tmp_path):
+    out = tmp_path / "bf16"
+    rows = train(out, ["--max-steps", "4", "--logging-steps", "1", "--sequence-len", "64", "--bf16",
+                       "--gradient-checkpointing", "--dp-shard-size", "2"], 2)
+    ds = json.loads((out / "ds_tp" / "deepspeed_config.json").read_text())
+    assert ds["bf16"] == {"enabled": True}
+    losses = [r["loss"] for r in rows]
+    assert len(losses) == 4 and all(0 < x < 10 for x in losses)
+    assert losses[-1] < losses[0]
