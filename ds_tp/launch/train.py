@@ -25,7 +25,6 @@ def prepare_training(config: Path, overrides, num_processes: int | None, *, use_
     cfg = load_config(config, overrides, world)
     if notify:
         notify(cfg)
-    refuse_unsupported_layouts(cfg)
     if hostfile:
         from ds_tp.launch.hostfile import check_hosts_fit_layout, parse_hostfile
         check_hosts_fit_layout(hostfile, parse_hostfile(hostfile), cfg.layout.tp, cfg.layout.cp)
@@ -50,17 +49,6 @@ def carry_environment(env: dict, run_dir: Path) -> Path:
     path = run_dir / "deepspeed_env"
     path.write_text("".join(lines))
     return path.resolve()
-
-
-def refuse_unsupported_layouts(cfg: Config) -> None:
-    layout = cfg.layout
-    if layout.tp > 1 and layout.cp > 1:
-        raise UserError(Problem(
-            f"tensor_parallel_size {layout.tp} together with context_parallel_size {layout.cp} does not train on "
-            "DeepSpeed 0.19.8 (its engine replaces the Ulysses groups with AutoTP's)",
-            where=cfg.where(("context_parallel_size",)), key="context_parallel_size",
-            hint=f"nearest layouts that work: tp {layout.tp} x dp_shard {layout.dp_shard * layout.cp}, or cp "
-                 f"{layout.cp} x dp_shard {layout.dp_shard * layout.tp}"))
 
 
 def choose_world_size(config: Path, overrides, num_processes: int | None, gpu_count: int) -> int:

@@ -49,8 +49,14 @@ def attach_sequence_parallel(mesh: Mesh, model_path: str, attn: str, micro: int,
         return
     from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
 
+    source = model_path
+    if mesh.layout.tp > 1:
+        from ds_tp.train.mesh_tp_cp import install_tp_cp_groups, per_tp_rank_config
+        install_tp_cp_groups(mesh.layout, mesh.rank)
+        source = per_tp_rank_config(model_path, mesh.layout.tp, attn)
+
     mesh.mpu = UlyssesSPAttentionHF.register_with_transformers(
-        model_name_or_path=model_path, core_attn_implementation=attn, sequence_parallel_size=mesh.layout.cp,
+        model_name_or_path=source, core_attn_implementation=attn, sequence_parallel_size=mesh.layout.cp,
         micro_batch_size=micro, seq_length=seq_len, seq_length_is_variable=True)
     mesh.sp_group = mesh.mpu.get_sequence_parallel_group()
     expected = mesh.layout.coords(mesh.rank)["cp"]

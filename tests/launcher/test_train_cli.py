@@ -65,12 +65,3 @@ def test_dry_run_prints_layout_and_sharding(tmp_path):
     assert "tp groups: [[0, 1], [2, 3]]" in log and "dp groups: [[0, 2], [1, 3]]" in log
     assert "layers.0.self_attn.q_proj.weight: global [64, 64] -> tp-local [32, 64]" in log
     assert "effective batch: 16 sequences" in log
-
-
-def test_tp_with_cp_is_refused_before_launch(tmp_path):
-    code, log = ds_tp("train", EXAMPLES / "quickstart.yaml", *SHORT, "--tensor-parallel-size", "2",
-                      "--context-parallel-size", "2", "--dp-shard-size", "1", "--micro-batch-size", "1",
-                      "--num-processes", "4", "--output-dir", tmp_path / "o")
-    assert code == 2, log
-    assert "does not train on DeepSpeed 0.19.8" in log and "nearest layouts that work" in log
-    assert not (tmp_path / "o").exists()

@@ -42,6 +42,8 @@ def weights(out):
     ("cp2", ["--dp-shard-size", "1", "--context-parallel-size", "2", "--gradient-accumulation-steps", "2"], 2),
     ("tp2_dp_shard2", ["--dp-shard-size", "2", "--tensor-parallel-size", "2", "--gradient-accumulation-steps", "1"], 4),
     ("cp2_dp_shard2", ["--dp-shard-size", "2", "--context-parallel-size", "2", "--gradient-accumulation-steps", "1"], 4),
+    ("tp2_cp2", ["--dp-shard-size", "1", "--tensor-parallel-size", "2", "--context-parallel-size", "2",
+                 "--gradient-accumulation-steps", "2"], 4),
     ("hpz_rep2_shard2", ["--dp-shard-size", "2", "--dp-replicate-size", "2", "--gradient-accumulation-steps", "1"], 4),
 ])
 def test_layout_matches_one_process(reference, tmp_path, name, overrides, nproc):
