@@ -6,8 +6,10 @@ import signal
 import subprocess
 
 
-def run_launcher(cmd: list[str], env: dict[str, str]) -> int:
+def run_launcher(cmd: list[str], env: dict[str, str], watcher=None) -> int:
     proc = subprocess.Popen(cmd, env=env)
+    if watcher is not None:
+        watcher.start()
 
     def forward(signum, _frame):
         if proc.poll() is None:
@@ -22,3 +24,5 @@ def run_launcher(cmd: list[str], env: dict[str, str]) -> int:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if watcher is not None:
+            watcher.stop()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 from pathlib import Path
@@ -95,5 +96,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run(argv: list[str] | None = None) -> int:
+    """main(), recording this rank's pid and, if it fails, its error for the launching process."""
+    from ds_tp.launch.plan import RunPlan
+    from ds_tp.launch.watch import record_rank_error, record_rank_start
+
+    plan_arg = (argv if argv is not None else sys.argv[1:])
+    plan_path = plan_arg[plan_arg.index("--plan") + 1] if "--plan" in plan_arg else None
+    output_dir = RunPlan.read(Path(plan_path)).output_dir if plan_path else None
+    rank = int(os.environ.get("RANK", 0))
+    if output_dir:
+        record_rank_start(output_dir, rank)
+    try:
+        return main(argv)
+    except Exception as exc:
+        if output_dir:
+            record_rank_error(output_dir, rank, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        raise
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
