@@ -67,7 +67,8 @@ def launcher_command(spec: LaunchSpec, plan_path: str, scratch: Path) -> list[st
     tail = ["--master_addr", spec.master_addr, "--master_port", port, "--no_local_rank", "--module", WORKER_MODULE,
             *worker]
     if spec.hostfile:
-        return [*base, "--hostfile", spec.hostfile, "--launcher", spec.runner, *tail]
+        # --no_ssh_check: ds-tp checked every host itself (ssh_check.py), DeepSpeed checks only the first
+        return [*base, "--hostfile", spec.hostfile, "--launcher", spec.runner, "--no_ssh_check", *tail]
     if spec.num_machines > 1:
         # deepspeed's per-node mode reads the node list from a hostfile; names are placeholders
         # (--no_ssh: nothing connects to them), slots give every node's rank count.

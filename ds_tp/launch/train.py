@@ -40,7 +40,8 @@ def hostfile_world(hostfile: Path) -> int:
 
 
 # Variables every node's ranks need; the runner's own list only covers NCCL/PYTHON/UCX/MV2/MLFLOW.
-CARRIED_PREFIXES = ("NCCL_", "HF_", "PYTHONPATH", "OMP_", "DS_TP_", "TRANSFORMERS_", "CUDA_", "TORCH_")
+CARRIED_PREFIXES = ("NCCL_", "HF_", "PYTHONPATH", "OMP_", "DS_TP_", "DS_ACCELERATOR", "TRANSFORMERS_", "CUDA_",
+                    "TORCH_")
 
 
 def carry_environment(env: dict, run_dir: Path) -> Path:

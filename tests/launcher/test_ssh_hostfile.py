@@ -1,0 +1,70 @@
+"""The real multi-host path: a hostfile with two host names of this machine, the deepspeed launcher's
+own pdsh/ssh launch, against an sshd started for the test with keys made for the test. Nothing
+outside tmp_path is changed (ssh options travel in PDSH_SSH_ARGS_APPEND), and sshd is stopped after."""
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import EXAMPLES
+from tests.launcher.test_train_cli import ds_tp
+from tests.ranks.harness import losses, read_metrics, train
+from tests.spawn import free_port
+
+SSHD = "/usr/sbin/sshd"
+HAVE_TOOLS = os.path.exists(SSHD) and shutil.which("pdsh") and shutil.which("ssh-keygen")
+# CI installs openssh-server and pdsh (.ci/run); there a missing tool is a failure, not a skip.
+pytestmark = pytest.mark.skipif(not HAVE_TOOLS and not os.environ.get("CI"),
+                                reason="needs sshd and pdsh (apt-get install openssh-server pdsh)")
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    assert HAVE_TOOLS, "sshd, ssh-keygen and pdsh must be installed"
+    keys = tmp_path / "ssh"
+    keys.mkdir()
+    for name in ("host_key", "id"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    shutil.copy(keys / "id.pub", keys / "authorized_keys")
+    port = free_port()
+    (keys / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host_key'}\nAuthorizedKeysFile "
+        f"{keys / 'authorized_keys'}\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        f"UsePAM no\nPidFile {keys / 'sshd.pid'}\n")
+    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation directory
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(keys / "sshd_config")], stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    try:
+        yield (f"-p {port} -i {keys / 'id'} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+               "-o LogLevel=ERROR")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_pdsh_ssh_launch_matches_one_machine(sshd, tmp_path, monkeypatch):
+    args = ["--max-steps", "3", "--logging-steps", "1", "--sequence-len", "64"]
+    one = losses(train(tmp_path / "one", [*args, "--dp-shard-size", "2"], 2))
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("# two names for this machine\nlocalhost slots=1\n127.0.0.1 slots=1\n")
+    monkeypatch.setenv("PDSH_SSH_ARGS_APPEND", sshd)
+    out = tmp_path / "two"
+    code, log = ds_tp("train", EXAMPLES / "quickstart.yaml", *args, "--hostfile", hostfile, "--output-dir", out,
+                      "--dataset-prepared-path", tmp_path / "prepared")
+    assert code == 0, log[-4000:]
+    assert "pdsh -S -f 1024 -w localhost,127.0.0.1" in log
+    two = losses(read_metrics(out))
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4 and len(two) == 3
+
+
+def test_unreachable_host_is_one_line(sshd, tmp_path, monkeypatch):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=1\nno-such-host.invalid slots=1\n")
+    monkeypatch.setenv("PDSH_SSH_ARGS_APPEND", sshd)
+    code, log = ds_tp("train", EXAMPLES / "quickstart.yaml", "--max-steps", "1", "--hostfile", hostfile,
+                      "--output-dir", tmp_path / "o", "--dataset-prepared-path", tmp_path / "p")
+    assert code == 2, log[-3000:]
+    errors = [x for x in log.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and f"{hostfile}:2:" in errors[0] and "no-such-host.invalid" in errors[0], log[-2000:]

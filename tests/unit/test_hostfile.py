@@ -1,0 +1,45 @@
+"""Hostfiles are checked before launch, each problem one line naming the hostfile line."""
+import pytest
+
+from ds_tp.errors import UserError
+from ds_tp.launch.hostfile import check_hosts_fit_layout, parse_hostfile
+
+
+def test_parse_with_comments(tmp_path):
+    path = tmp_path / "hf"
+    path.write_text("# cluster\nnode-a slots=8  # first\n\nnode-b slots=8\n")
+    assert [(h.name, h.slots, h.line) for h in parse_hostfile(path)] == [("node-a", 8, 2), ("node-b", 8, 4)]
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("node-a slots=8\nnode-a slots=8\n", ":2: duplicate host 'node-a' (first on line 1)"),
+    ("node-a 8\n", ":1: expected 'host slots=N'"),
+    ("node-a slots=zero\n", ":1: slots must be a positive integer"),
+    ("node-a slots=0\n", ":1: slots must be a positive integer"),
+    ("# nothing\n", "no hosts in hostfile"),
+])
+def test_bad_hostfiles(tmp_path, text, needle):
+    path = tmp_path / "hf"
+    path.write_text(text)
+    with pytest.raises(UserError) as info:
+        parse_hostfile(path)
+    assert needle in str(info.value) and len(info.value.problems) == 1
+
+
+def test_tp_cp_groups_must_fit_in_a_host(tmp_path):
+    path = tmp_path / "hf"
+    path.write_text("a slots=8\nb slots=6\n")
+    hosts = parse_hostfile(path)
+    check_hosts_fit_layout(path, hosts, tp=2, cp=1)
+    with pytest.raises(UserError) as info:
+        check_hosts_fit_layout(path, hosts, tp=4, cp=1)
+    assert f"{path}:2: host 'b' has 6 slots, not a multiple of tp(4) x cp(1) = 4" in str(info.value)
+
+
+def test_binary_and_missing(tmp_path):
+    path = tmp_path / "hf"
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(UserError, match="not UTF-8"):
+        parse_hostfile(path)
+    with pytest.raises(UserError, match="no such hostfile"):
+        parse_hostfile(tmp_path / "none")
