@@ -109,6 +109,9 @@ def exclusive(data: dict, bad: set[str]) -> list[Finding]:
 
 def cross_field(data: dict, bad: set[str]) -> list[Finding]:
     found: list[Finding] = []
+    if not data.get("datasets") and "datasets" not in bad:
+        found.append(Finding((), "no datasets: validate and translate work, `ds-tp train` has nothing to train on",
+                             "add datasets: [{path: ..., type: alpaca}]", level="warning"))
     if data.get("bf16") is True and data.get("fp16") is True:
         found.append(Finding(("fp16",), "cannot be used together with bf16: true", "choose one precision"))
     cp = data.get("context_parallel_size") or 1

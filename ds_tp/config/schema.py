@@ -170,9 +170,9 @@ def _unsupported(schema: dict, node: dict, data: Any, path: tuple) -> Iterator[F
             sub = resolve(schema, sub)
             note = sub.get(UNSUPPORTED)
             if note and _truthy(value):
-                verb = "changes what is trained" if note["level"] == "error" else "only tunes another backend"
-                yield Finding(path + (key,), f"valid in Axolotl but not implemented by ds-tp ({verb}): "
-                              f"{note['reason']}", level=note["level"])
+                what = ("valid in Axolotl but not implemented by ds-tp (it changes what is trained)"
+                        if note["level"] == "error" else "valid in Axolotl, ignored by ds-tp")
+                yield Finding(path + (key,), f"{what}: {note['reason']}", level=note["level"])
             else:
                 yield from _unsupported(schema, sub, value, path + (key,))
     elif isinstance(data, list) and "items" in node:

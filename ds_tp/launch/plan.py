@@ -94,6 +94,10 @@ def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
         raise UserError(Problem(f"{output_dir} exists and is not a folder", key="output_dir"))
     ours = [p for p in output_dir.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) or p.name in
             ("metrics.jsonl", "latest", "config.json", "model.safetensors", PLAN_DIR)]
+    links = [p.name for p in ours if p.is_symlink()]
+    if links:  # writes into them would land outside output_dir
+        raise UserError(Problem(f"{output_dir} holds symlinks where ds-tp writes ({', '.join(sorted(links))})",
+                                key="output_dir", hint="ds-tp never writes through symlinks: remove them"))
     if not ours or resuming:
         return
     if not overwrite:

@@ -77,13 +77,14 @@ def test_cp_with_packing_needs_micro_batch_one(write_config):
 def test_unsupported_training_change_is_an_error(write_config):
     msgs = problems(write_config(MINIMAL + "adapter: lora\nload_in_8bit: true\n"))
     assert len(msgs) == 2
-    assert all("not implemented by ds-tp (changes what is trained)" in m for m in msgs)
+    assert all("not implemented by ds-tp (it changes what is trained)" in m for m in msgs)
 
 
 def test_backend_tuning_key_is_a_warning_only(write_config):
     cfg = load_config(write_config(MINIMAL + "fsdp_config:\n  auto_wrap_policy: TRANSFORMER_BASED_WRAP\n"))
-    assert any("fsdp_config.auto_wrap_policy" in str(w) and "only tunes another backend" in str(w)
+    assert any("fsdp_config.auto_wrap_policy" in str(w) and "valid in Axolotl, ignored by ds-tp" in str(w)
                for w in cfg.warnings)
+    assert not cfg.notices or all("ignored" not in str(n) for n in cfg.notices)
 
 
 def test_missing_required_keys_filled_with_notice():
