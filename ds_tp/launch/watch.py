@@ -63,6 +63,13 @@ class RankWatcher:
         self._stop.set()
         self._thread.join(5)
 
+    def wait_for_ranks(self, timeout: float) -> None:
+        """After the launcher returns: ranks may still be finishing (a group SIGTERM ends DeepSpeed's
+        runner at once while launch.py lets the ranks save), so wait for the local ones to exit."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(_alive(r["pid"]) for r in self._ranks()):
+            time.sleep(0.1)
+
     def _ranks(self) -> list[dict]:
         out = []
         for path in self.folder.glob("rank-*.json"):

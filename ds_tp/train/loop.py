@@ -64,7 +64,8 @@ class Trainer:
         return [dataset[int(i)] for i in indices]
 
     # --- the loop ---------------------------------------------------------------------------
-    def run(self, start_step: int) -> int:
+    def run(self, start_step: int, stop=None) -> int:
+        """Train from start_step; returns the step reached (< total_steps when stopped by a signal)."""
         plan, engine = self.plan, self.engine
         metrics = MetricsLog(self.output_dir / "metrics.jsonl", start_step) if self.mesh.is_main else None
         progress = Progress(plan.total_steps, start_step) if self.mesh.is_main else None
@@ -103,18 +104,28 @@ class Trainer:
                         progress.update(done, eval_row)
                 if progress:
                     progress.update(done, row)
-                if plan.save_steps and done % plan.save_steps == 0 and done < plan.total_steps:
-                    state = {"total_steps": plan.total_steps, "global_batch": plan.global_batch,
-                             "layout": plan.layout, "world": self.mesh.world, "model_path": plan.model_path,
-                             "config": plan.config}
-                    path = save_checkpoint(engine, self.mesh, self.output_dir, done, state,
-                                           plan.config.get("save_total_limit"))
-                    self.log(f"saved {path}")
+                stopping = stop is not None and done < plan.total_steps and stop.agreed(self.dist, self.device)
+                if (plan.save_steps and done % plan.save_steps == 0 and done < plan.total_steps) or stopping:
+                    path = self._save(done)
+                if stopping:
+                    from ds_tp.train.preempt import write_marker
+                    if self.mesh.is_main:
+                        write_marker(self.output_dir, done, path, stop.signal_name)
+                    self.log(f"{stop.signal_name or 'a signal'} on some rank: stopped after step {done}, saved {path}")
+                    break
         if progress:
             progress.close()
         if metrics:
             metrics.close()
-        return plan.total_steps
+        return step + 1 if plan.total_steps > start_step else start_step
+
+    def _save(self, done: int) -> Path:
+        plan = self.plan
+        state = {"total_steps": plan.total_steps, "global_batch": plan.global_batch, "layout": plan.layout,
+                 "world": self.mesh.world, "model_path": plan.model_path, "config": plan.config}
+        path = save_checkpoint(self.engine, self.mesh, self.output_dir, done, state, plan.config.get("save_total_limit"))
+        self.log(f"saved {path}")
+        return path
 
     def _log_row(self, done, accumulated, global_tokens, lr, window_tokens, window_start) -> dict:
         total = accumulated.clone()

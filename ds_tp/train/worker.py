@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     from ds_tp.train.checkpoint import load_checkpoint
     from ds_tp.translators.layout import Layout
 
+    from ds_tp.train.preempt import StopRequest
+    stop = StopRequest().install()  # before the slow start-up, so an early Ctrl-C is not lost
     plan = RunPlan.read(Path(args.plan))
     cfg = plan.config
     layout = Layout(**plan.layout)
@@ -87,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     train_rows, eval_rows = load_prepared(Path(plan.prepared_path))
     pad_id = load_tokenizer(plan.model_path, cfg).pad_token_id
     trainer = Trainer(plan, mesh, engine, train_rows, eval_rows, pad_id, flops_token, peak, log)
-    trainer.run(start)
+    reached = trainer.run(start, stop)
+    if reached < plan.total_steps:
+        return 0  # stopped by a signal after saving a checkpoint; no export of a half-trained model
     export_hf(engine, mesh, plan, Path(plan.output_dir))
     log(f"saved the model to {plan.output_dir} (AutoModelForCausalLM.from_pretrained loads it)")
     del keep_alive

@@ -1,0 +1,43 @@
+"""SIGTERM to the whole job (as a scheduler preempting it does): the ranks finish their step, save a
+checkpoint, and `ds-tp train` exits with 75; --auto-resume-from-checkpoints continues from it."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+from tests.conftest import EXAMPLES, ROOT
+from tests.launcher.test_train_cli import DS_TP, ds_tp
+from tests.reliability.test_kill_resume import metrics
+
+RUN = ["--max-steps", "12", "--logging-steps", "1", "--sequence-len", "64"]
+
+
+def test_sigterm_saves_then_resumes(tmp_path):
+    out = tmp_path / "run"
+    common = [*RUN, "--output-dir", str(out), "--dataset-prepared-path", str(tmp_path / "prep")]
+    env = dict(os.environ, PATH="/usr/bin:/bin", OMP_NUM_THREADS="1")
+    job = subprocess.Popen([DS_TP, "train", str(EXAMPLES / "quickstart.yaml"), *common], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not any(r.get("step") == 3 for r in metrics(out)):
+            assert job.poll() is None, job.stdout.read()[-3000:]
+            time.sleep(0.1)
+        os.killpg(job.pid, signal.SIGTERM)
+        log, _ = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert job.returncode == 75, log[-3000:]
+    stopped = json.loads((out / "ds_tp" / "preempted.json").read_text())
+    step = stopped["step"]
+    assert 3 <= step < 12 and "stopped by SIGTERM" in log
+    assert (out / f"checkpoint-{step}" / "ds_tp_state.json").is_file()
+    assert max(r["step"] for r in metrics(out)) == step
+    assert not (out / "model.safetensors").exists()  # no export of a half-trained model
+    code, log = ds_tp("train", EXAMPLES / "quickstart.yaml", *common, "--auto-resume-from-checkpoints")
+    assert code == 0, log[-3000:]
+    assert [r["step"] for r in metrics(out)] == list(range(1, 13))
+    assert (out / "model.safetensors").is_file()
