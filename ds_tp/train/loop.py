@@ -23,6 +23,10 @@ from ds_tp.train.flops import mfu
 from ds_tp.train.metrics import MetricsLog, Progress
 
 
+class NonFiniteTraining(RuntimeError):
+    """Training produced non-finite values and cannot go on; the last checkpoint is the last good one."""
+
+
 class Trainer:
     def __init__(self, plan, mesh, engine, train_rows, eval_rows, pad_id: int, flops_token: float,
                  peak: float | None, log):
@@ -73,6 +77,8 @@ class Trainer:
         dp_rank = self.mesh.coords["dp"]
         window_tokens, window_start = 0, time.perf_counter()
         step = start_step
+        skipped_before, skipped_in_a_row = engine.skipped_steps, 0
+        limit = int(plan.config.get("max_nonfinite_steps", 10))
         with profiler as prof:
             for step in range(start_step, plan.total_steps):
                 global_rows = self.batches.global_rows(step)
@@ -86,12 +92,22 @@ class Trainer:
                     engine.step()
                     accumulated += local.detach()
                 window_tokens += int(self.row_lengths[global_rows].sum())
+                # DeepSpeed skips bf16/fp16 steps whose gradients overflowed (a host-side counter)
+                skipped_in_a_row = skipped_in_a_row + 1 if engine.skipped_steps > skipped_before else 0
+                skipped_before = engine.skipped_steps
+                if skipped_in_a_row >= limit:
+                    raise NonFiniteTraining(f"{skipped_in_a_row} optimizer steps in a row skipped for non-finite "
+                                            f"gradients (step {step + 1}); lower learning_rate or use bf16, and resume "
+                                            "from the last checkpoint")
                 if prof is not None and hasattr(prof, "step"):
                     prof.step()
                 done = step + 1
                 row = None
                 if done % plan.logging_steps == 0 or done == plan.total_steps:
                     row = self._log_row(done, accumulated, global_tokens, lr, window_tokens, window_start)
+                    if not math.isfinite(row["loss"]) and plan.precision == "fp32":  # fp32: nothing skips
+                        raise NonFiniteTraining(f"loss is {row['loss']} at step {done}: the weights are no longer "
+                                                "finite; lower learning_rate, and resume from the last checkpoint")
                     window_tokens, window_start = 0, time.perf_counter()
                     if metrics:
                         metrics.write(row)

@@ -30,3 +30,12 @@ def test_bf16_with_gradient_checkpointing_trains(tmp_path):
     losses = [r["loss"] for r in rows]
     assert len(losses) == 4 and all(0 < x < 10 for x in losses)
     assert losses[-1] < losses[0]
+
+
+def test_non_finite_training_stops_with_a_message(tmp_path):
+    import pytest
+    with pytest.raises(RuntimeError) as info:
+        train(tmp_path / "nan", ["--max-steps", "6", "--logging-steps", "1", "--sequence-len", "64", "--optimizer",
+                                 "sgd", "--learning-rate", "1e30", "--max-grad-norm", "0", "--lr-scheduler",
+                                 "constant", "--dp-shard-size", "1"], 1)
+    assert "NonFiniteTraining" in str(info.value) and "the weights are no longer finite" in str(info.value)
