@@ -181,9 +181,25 @@ def train(ctx, config, num_processes, launcher, num_machines, machine_rank, main
     env = rank_environment(spec.per_node, device["accelerator"])
     if hostfile:
         env["DS_ENV_FILE"] = str(carry_environment(env, plan_path.parent))
-    code = run_launcher(cmd, env)
+        if multinode_runner == "pdsh":
+            from ds_tp.launch.hostfile import parse_hostfile
+            from ds_tp.launch.ssh_check import check_pdsh_hosts
+            check_pdsh_hosts(hostfile, parse_hostfile(hostfile), env)
+    from ds_tp.launch.watch import RankWatcher
+    from ds_tp.train.preempt import EXIT_PREEMPTED, clear_marker, read_marker
+    watcher = RankWatcher(plan.output_dir, clear=not machine_rank)
+    clear_marker(plan.output_dir)
+    code = run_launcher(cmd, env, watcher)
+    watcher.wait_for_ranks(timeout=60)
+    stopped = read_marker(plan.output_dir)
+    if stopped:
+        _err(f"ds-tp: stopped by {stopped['signal'] or 'a signal'} after step {stopped['step']}; saved "
+             f"{stopped['checkpoint']}; continue with --auto-resume-from-checkpoints")
+        sys.exit(EXIT_PREEMPTED)
     if code != 0:
-        _err(f"ds-tp: training failed (launcher exit code {code}); see the rank output above")
+        first = watcher.describe()
+        _err(f"ds-tp: training failed (launcher exit code {code})" + (f": {first}" if first else
+                                                                       "; see the rank output above"))
         sys.exit(code if 0 < code < 256 else 1)
 
 
@@ -215,6 +231,131 @@ def export(checkpoint, out):
     from ds_tp.export_checkpoint import export_checkpoint
     export_checkpoint(checkpoint, out)
     click.echo(f"exported {checkpoint} -> {out}")
+
+
+def _positive(option: str, text: str | None, kind=int):
+    """A positive number from an option, or one line naming the option (click's errors take several)."""
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not 0 < value < float("inf"):  # also refuses nan
+        raise UserError(f"{option}: expected a positive {'integer' if kind is int else 'number'}, got {text!r}")
+    return value
+
+
+def _plan_model_shape(cfg, preset: str | None) -> tuple[dict, str]:
+    """(config.json-like dict, where it came from). Never asks the hub: hub ids map to presets."""
+    from ds_tp.translators.memory import HUB_PRESETS, PRESETS
+
+    known = "known: " + ", ".join(PRESETS)
+    if preset:
+        if preset not in PRESETS:
+            raise UserError(f"--model-shape: unknown preset {preset!r} ({known})")
+        return PRESETS[preset], f"preset {preset}"
+    base = cfg.values["base_model"]
+    if base.startswith("builtin:"):
+        from ds_tp.assets import resolve_builtin_model
+        folder = resolve_builtin_model(base)
+    else:
+        folder = next((p for p in (Path(base), cfg.source.parent / base) if (p / "config.json").is_file()), None)
+    if folder is None:
+        if base.lower() in HUB_PRESETS:
+            return PRESETS[HUB_PRESETS[base.lower()]], f"preset {HUB_PRESETS[base.lower()]} for {base}"
+        raise UserError(f"{cfg.where(('base_model',))}: base_model: {base!r} is neither a local folder with "
+                        f"config.json nor a known hub model, and plan never downloads (pass --model-shape; {known})")
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")), str(folder / "config.json")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{folder / 'config.json'}: cannot read the model's shape ({exc})") from None
+
+
+def _short_layout(layout) -> str:
+    return f"rep {layout.dp_replicate} x shard {layout.dp_shard} x tp {layout.tp} x cp {layout.cp}"
+
+
+@main.command(context_settings=PASS_THROUGH)
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--gpus", metavar="N", help="GPUs to plan for, over all machines.  [required]")
+@click.option("--gpu-memory", default="80", show_default=True, metavar="GIB", help="Memory of one GPU in GiB.")
+@click.option("--gpus-per-node", default="8", show_default=True, metavar="N",
+              help="GPUs per machine: weight all-gathers and hpZ groups are judged against it.")
+@click.option("--model-shape", metavar="PRESET", help="The model's shape when base_model is a hub id ds-tp does "
+              "not know: tinyllama-1.1b, llama-3.1-8b, llama-3.1-70b, llama-3.1-405b.")
+@click.option("--show", default="8", show_default=True, metavar="N", help="Ranked layouts to print.")
+@click.pass_context
+@user_errors
+def plan(ctx, config, gpus, gpu_memory, gpus_per_node, model_shape, show):
+    """Estimate memory per GPU for CONFIG and rank the layouts that fit on --gpus GPUs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ds_tp.config import load_config
+    from ds_tp.translators import memory
+    from ds_tp.translators.layout import resolve_layout
+
+    if gpus is None:
+        raise UserError("--gpus: required (how many GPUs to plan for)")
+    gpus, mem = _positive("--gpus", gpus), _positive("--gpu-memory", gpu_memory, float)
+    per_node, show = _positive("--gpus-per-node", gpus_per_node), _positive("--show", show)
+    cfg = load_config(config, ctx.args, None)
+    _print_findings(cfg)
+    model, source = _plan_model_shape(cfg, model_shape)
+    shape = memory.ModelShape.from_config(model, source)
+    layout = cfg.layout
+    if layout.dp_shard_inferred:  # dp_shard_size unset: it is world / the rest, as train would infer it
+        layout = resolve_layout(cfg.values, gpus)[0] or layout
+    own = memory.estimate_memory(shape, cfg.values, layout)
+    ranked = memory.all_layouts(shape, cfg.values, gpus, mem, gpus_per_node=per_node)
+    gib = lambda n: f"{n / memory.GIB:.1f} GiB" if n >= memory.GIB / 10 else f"{n / 2**20:.1f} MiB"  # noqa: E731
+    out = Console(width=160)
+    v = cfg.values
+    scale = next((s for s in ((1e9, "B"), (1e6, "M")) if shape.params >= s[0]), (1e3, "K"))
+    checkpointing = "on" if v.get("gradient_checkpointing") else "off"
+    out.print(f"model: {shape.params / scale[0]:.2f}{scale[1]} parameters ({source}); {own.precision}, "
+              f"{v.get('optimizer', 'adamw_torch_fused')}, sequence {v.get('sequence_len')} x micro batch "
+              f"{v.get('micro_batch_size')}, gradient checkpointing {checkpointing}")
+    table = Table(title=f"config's layout: {layout.product()} (per GPU)")
+    parts = ("weights", "grads", "optimizer", "hpZ copy", "ZeRO buffers", "activations", "logits", "overhead")
+    for column in parts + ("total", f"fits {mem:g} GiB"):
+        table.add_column(column, justify="right")
+    values = (own.parameters, own.gradients, own.optimizer, own.hpz_copy, own.buffers, own.activations,
+              own.logits, own.overhead)
+    table.add_row(*map(gib, values), gib(own.total), "yes" if own.total <= mem * memory.GIB else "NO")
+    out.print(table)
+    for note in own.notes:
+        out.print(f"note: {note}")
+    if layout.world != gpus:
+        out.print(f"note: the config's layout uses {layout.world} GPUs, not --gpus {gpus}")
+    fitting = [r for r in ranked if r.fits]
+    table = Table(title=f"layouts of {gpus} GPUs that fit in {mem:g} GiB, best first" if fitting else
+                  f"nothing fits on {gpus} x {mem:g} GiB; the closest misses")
+    for column, justify in (("#", "right"), ("layout", "left"), ("per GPU", "right"), ("why", "left")):
+        table.add_column(column, justify=justify, overflow="fold")
+    for index, row in enumerate((fitting or ranked)[:show], start=1):
+        table.add_row(str(index), _short_layout(row.estimate.layout), gib(row.estimate.total), row.why)
+    out.print(table)
+    if not fitting:
+        found = memory.smallest_fitting(shape, cfg.values, gpus, mem, gpus_per_node=per_node)
+        out.print(f"smallest GPU count that fits: {found[0]} GPUs, {_short_layout(found[1].estimate.layout)} "
+                  f"({gib(found[1].estimate.total)})" if found else "no layout fits on up to 8192 GPUs")
+    out.print(f"estimates, not measurements: {memory.FRAMEWORK_OVERHEAD_GIB:g} GiB per GPU assumed for CUDA/NCCL/"
+              f"allocator; {memory.MARGIN:.0%} margin asked for; see docs/plan.md")
+
+
+@main.command(context_settings=PASS_THROUGH)
+@click.argument("config", required=False, type=click.Path(path_type=Path))
+@click.option("--hostfile", type=click.Path(path_type=Path), help="DeepSpeed hostfile: GPUs per host = its slots.")
+@click.pass_context
+@user_errors
+def doctor(ctx, config, hostfile):
+    """Versions, GPUs, interconnect and environment; with CONFIG, warn about slow TP/CP placement."""
+    from ds_tp.doctor import doctor_report
+
+    if config is not None and str(config).startswith("-"):  # click took an override for CONFIG
+        raise UserError(f"command line: {config}: overrides need a CONFIG before them")
+    for line in doctor_report(config, ctx.args, hostfile):
+        click.echo(line)
 
 
 if __name__ == "__main__":

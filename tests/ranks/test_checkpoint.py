@@ -43,6 +43,9 @@ def test_export_loads_with_from_pretrained(run_a):
 
 
 def test_resume_with_another_layout_is_refused(run_a, tmp_path):
+    """fault: resuming a checkpoint with another layout (dp_shard 2 -> 1)
+    does: refused before any rank starts, naming both layouts and ds-tp export as the way out
+    lost: nothing"""
     a_out, _ = run_a
     with pytest.raises(UserError) as info:
         prepare_training(QUICKSTART, [*FAST, "--output-dir", str(tmp_path / "C"), "--dp-shard-size", "1",
@@ -51,6 +54,9 @@ def test_resume_with_another_layout_is_refused(run_a, tmp_path):
 
 
 def test_foreign_output_dir_is_not_overwritten(run_a):
+    """fault: a new run pointed at the output_dir of another run
+    does: refused before any rank starts; --overwrite or --auto-resume-from-checkpoints are named
+    lost: nothing"""
     a_out, _ = run_a
     with pytest.raises(UserError) as info:
         prepare_training(QUICKSTART, [*FAST, "--output-dir", str(a_out)], 2)

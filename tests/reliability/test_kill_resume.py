@@ -26,6 +26,9 @@ def metrics(out):
 
 
 def test_kill_9_after_checkpoint_then_auto_resume(tmp_path):
+    """fault: kill -9 of the whole job (ds-tp, launcher, ranks) after checkpoint-4 of 10 steps
+    does: every process is gone; the same command with --auto-resume-from-checkpoints resumes from checkpoint-4, metrics.jsonl is cut back to step 4 and continues
+    lost: nothing: steps 5-10 log bitwise the losses of an uninterrupted run"""
     common = [*RUN, "--dataset-prepared-path", str(tmp_path / "prep")]
     ref = tmp_path / "ref"
     code, log = ds_tp("train", EXAMPLES / "quickstart.yaml", *common, "--output-dir", ref)

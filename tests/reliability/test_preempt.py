@@ -14,6 +14,9 @@ RUN = ["--max-steps", "12", "--logging-steps", "1", "--sequence-len", "64"]
 
 
 def test_sigterm_saves_then_resumes(tmp_path):
+    """fault: SIGTERM to the whole job (a scheduler preempting it)
+    does: ranks agree at the next step boundary, save a checkpoint, exit; ds-tp exits 75 and auto-resume finishes the run
+    lost: nothing: the checkpoint is the step the job stopped at"""
     out = tmp_path / "run"
     common = [*RUN, "--output-dir", str(out), "--dataset-prepared-path", str(tmp_path / "prep")]
     env = dict(os.environ, PATH="/usr/bin:/bin", OMP_NUM_THREADS="1")

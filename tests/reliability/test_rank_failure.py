@@ -15,6 +15,9 @@ from tests.launcher.test_train_cli import DS_TP
 
 
 def test_killed_rank_is_named_and_nothing_hangs(tmp_path):
+    """fault: one rank killed (SIGKILL) in the middle of a run
+    does: the launcher stops the other rank, ds-tp exits non-zero within 120 s naming the rank (pid, host) that died first
+    lost: the steps after the last checkpoint; that checkpoint exports to a model that from_pretrained loads"""
     out = tmp_path / "run"
     env = dict(os.environ, PATH="/usr/bin:/bin", OMP_NUM_THREADS="1")
     job = subprocess.Popen([DS_TP, "train", str(EXAMPLES / "quickstart.yaml"), "--max-steps", "200", "--save-steps",

@@ -43,3 +43,18 @@ def test_binary_and_missing(tmp_path):
         parse_hostfile(path)
     with pytest.raises(UserError, match="no such hostfile"):
         parse_hostfile(tmp_path / "none")
+
+
+def test_symlinked_output_is_never_written_through(tmp_path):
+    """fault: output_dir holds a symlink where ds-tp writes (metrics.jsonl -> a file elsewhere)
+    does: refused before anything is written
+    lost: nothing: the link's target is untouched"""
+    from ds_tp.launch.plan import check_output_dir
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.jsonl").symlink_to(target)
+    with pytest.raises(UserError, match="symlinks where ds-tp writes"):
+        check_output_dir(out, resuming=True, overwrite=True)
+    assert target.read_text() == "precious"
