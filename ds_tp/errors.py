@@ -5,7 +5,7 @@ the fact is known and printed in one place (the CLI) as one line per problem, ex
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 EXIT_USER_ERROR = 2
 
@@ -47,11 +47,3 @@ class Finding:
     message: str
     hint: str = ""
     level: str = "error"  # error | warning | notice
-
-
-@dataclass
-class Notices:
-    """Warnings and notices gathered while reading a config; printed by the CLI to stderr."""
-
-    warnings: list[Problem] = field(default_factory=list)
-    notices: list[Problem] = field(default_factory=list)
