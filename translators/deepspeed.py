@@ -84,7 +84,7 @@ def translate(cfg: dict, layout: Layout, device: dict, facts: TrainFacts | None 
     out.set("steps_per_print", 2**31 - 1, "ds-tp",
             "ds-tp logs every logging_steps itself; DeepSpeed's duplicate step log is off")
     out.set("wall_clock_breakdown", False, "ds-tp", "timers add syncs in the hot loop")
-    _precision(cfg, device, out)
+    _precision(cfg, device, layout, out)
     _zero(cfg, layout, facts, out)
     _parallel(layout, out)
     _optimizer(cfg, device, out)
@@ -93,10 +93,17 @@ def translate(cfg: dict, layout: Layout, device: dict, facts: TrainFacts | None 
     return out
 
 
-def _precision(cfg: dict, device: dict, out: Translation) -> None:
+def _precision(cfg: dict, device: dict, layout: Layout, out: Translation) -> None:
     precision, why = resolve_precision(cfg, device)
     out.precision = precision
-    if precision == "bf16":
+    if precision == "bf16" and layout.world == 1:
+        # One device, stage 0: the bf16 block wraps the optimizer so that every gradient is copied into
+        # fp32 buffers each step; autocast keeps fp32 weights and gradients instead. Measured on one H100
+        # (TinyLlama-1.1B shape): +7% tokens/s, +3.3 GiB (benchmarks/README.md).
+        out.precision = "bf16-autocast"
+        out.set("torch_autocast", {"enabled": True, "dtype": "bfloat16"}, "bf16",
+                why + "; one device: torch autocast instead of the bf16 block (+7% on one H100)")
+    elif precision == "bf16":
         out.set("bf16.enabled", True, "bf16", why)
     elif precision == "fp16":
         out.set("fp16", {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,

@@ -44,7 +44,10 @@ class Trainer:
                                  seed=int(cfg.get("seed", 42)), steps_per_epoch=plan.steps_per_epoch)
         labels = train_rows["labels"]
         self.tokens_in_loss = np.array([trainable_tokens(x) for x in labels], dtype=np.int64)
-        self.row_lengths = np.array([len(x) for x in train_rows["input_ids"]], dtype=np.int64)
+        # real tokens (packed rows may be padded) for tokens/s and MFU
+        lengths = train_rows["length"] if "length" in train_rows.column_names else \
+            [len(x) for x in train_rows["input_ids"]]
+        self.row_lengths = np.array(lengths, dtype=np.int64)
         self.pad_to = int(cfg["sequence_len"]) if cfg.get("pad_to_sequence_len") else None
         self.device = engine.device
         self.output_dir = Path(plan.output_dir)
@@ -105,7 +108,7 @@ class Trainer:
                 row = None
                 if done % plan.logging_steps == 0 or done == plan.total_steps:
                     row = self._log_row(done, accumulated, global_tokens, lr, window_tokens, window_start)
-                    if not math.isfinite(row["loss"]) and plan.precision == "fp32":  # fp32: nothing skips
+                    if not math.isfinite(row["loss"]) and plan.precision not in ("bf16", "fp16"):  # nothing skips
                         raise NonFiniteTraining(f"loss is {row['loss']} at step {done}: the weights are no longer "
                                                 "finite; lower learning_rate, and resume from the last checkpoint")
                     window_tokens, window_start = 0, time.perf_counter()

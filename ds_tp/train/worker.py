@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()
                                                                           if p.requires_grad],
                                            config=plan.ds_config, mpu=mesh.mpu)
+    engine.train()  # from_pretrained returns eval mode: gradient checkpointing and dropout would be off
     log(f"layout {layout.product()}; effective batch {plan.global_batch} sequences "
         f"(micro {engine.train_micro_batch_size_per_gpu()} x gas {engine.gradient_accumulation_steps()} x dp "
         f"{layout.dp}); ZeRO stage {engine.zero_optimization_stage()}; precision {plan.precision}; attention {attn}")

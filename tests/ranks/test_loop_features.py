@@ -42,3 +42,13 @@ def test_non_finite_training_stops_with_a_message(tmp_path):
                                  "sgd", "--learning-rate", "1e30", "--max-grad-norm", "0", "--lr-scheduler",
                                  "constant", "--dp-shard-size", "1"], 1)
     assert "NonFiniteTraining" in str(info.value) and "the weights are no longer finite" in str(info.value)
+
+
+def test_bf16_on_one_device_uses_torch_autocast(tmp_path):
+    out = tmp_path / "autocast"
+    rows = train(out, ["--max-steps", "4", "--logging-steps", "1", "--sequence-len", "64", "--bf16",
+                       "--dp-shard-size", "1"], 1)
+    ds = json.loads((out / "ds_tp" / "deepspeed_config.json").read_text())
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and "bf16" not in ds
+    losses = [r["loss"] for r in rows]
+    assert len(losses) == 4 and losses[-1] < losses[0]

@@ -64,7 +64,7 @@ def test_assemble_ratios_best_round_and_failures(bench):
         assert key in out
     json.dumps(out, allow_nan=False)  # one JSON line
     lines = bench.summary_lines(out)
-    assert any("FAILED" in line for line in lines) and any("MFU 100.0%" in line for line in lines)
+    assert any("FAILED: exit 1" in line for line in lines) and any("MFU 100.0%" in line for line in lines)
 
 
 def test_no_mfu_without_a_peak(bench):
@@ -96,3 +96,8 @@ def test_zero3_json_is_axolotls(bench):
     assert zero["stage3_gather_16bit_weights_on_model_save"] is True
     assert bench.ZERO3_AXOLOTL["bf16"]["enabled"] == "auto"
     assert bench.ZERO3_AXOLOTL["train_micro_batch_size_per_gpu"] == "auto"
+
+
+def test_paired_ratios_skip_failed_rounds(bench):
+    assert bench.paired_ratios([100.0, None, 300.0], [50.0, 10.0, 150.0]) == [2.0, 2.0]
+    assert bench.paired_ratios(None, [1.0]) == []

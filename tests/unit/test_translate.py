@@ -43,7 +43,9 @@ def test_card_done_when():
 
 
 def test_auto_precision_follows_the_device():
-    assert "bf16" in ds(EXAMPLES / "single-gpu-8b.yaml", 1, GPU)
+    one_gpu = ds(EXAMPLES / "single-gpu-8b.yaml", 1, GPU)
+    assert one_gpu["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and "bf16" not in one_gpu
+    assert ds(EXAMPLES / "single-gpu-8b.yaml", 8, GPU)["bf16"] == {"enabled": True}
     cpu = ds(EXAMPLES / "single-gpu-8b.yaml", 1)
     assert "bf16" not in cpu and "fp16" not in cpu
     old_gpu = dict(GPU, bf16=False, name="Tesla V100")

@@ -1,0 +1,733 @@
+"""Throughput benchmark: ds-tp's trainer against HF Trainer (same DeepSpeed JSON), HF Trainer with
+Axolotl's ZeRO-3 JSON, and a plain PyTorch loop: same model, same data, same steps, one run.
+
+    python scripts/bench.py                 # whatever device is here; ~4 min on 2 CPU cores, ~3 min on an H100
+    python scripts/bench.py --quick         # a smoke run (few steps: the figures are not stable)
+
+Each way trains in its own subprocess (DeepSpeed/accelerate global state cannot leak, peak memory is
+per way), all with the same OMP_NUM_THREADS, on one process (world 1):
+
+  ds_tp            ds-tp's real code path: a YAML config, ds_tp.launch.train.prepare_training (data
+                   prepared, plan and DeepSpeed JSON written), then ds_tp.train.worker.main as rank 0 of
+                   world 1 in the child; figures from its own output_dir/metrics.jsonl.
+  hf_trainer       transformers.Trainer, TrainingArguments(deepspeed=<the very JSON ds-tp wrote to
+                   output_dir/ds_tp/deepspeed_config.json>); on one process that is ZeRO stage 0.
+  hf_trainer_zero3 transformers.Trainer with Axolotl's deepspeed_configs/zero3_bf16.json (ZERO3_AXOLOTL).
+  torch            a plain loop: torch.optim.AdamW, autocast bf16 where ds-tp trains in bf16, clip 1.0.
+
+Same data for all four: ds-tp prepares it (synthetic text whose every training row is exactly
+sequence_len tokens, so there is no padding), and every way reads those prepared rows in ds-tp's
+order (ds_tp.train.batches.BatchPlan) and collates them with ds_tp.train.batches.collate.
+
+Timing: the first `--warmup` optimizer steps are not measured; tokens/s = real (non-padding) tokens of
+the measured steps / wall time from the end of the last warm-up step to the end of the last step (CUDA
+synchronised at both ends). ds-tp's window is the one its own metrics.jsonl reports (logging_steps =
+--warmup, so its rows after the first cover exactly the measured steps). On CPU every way runs in
+--rounds interleaved rounds (default 2) and its fastest round counts, with OMP_NUM_THREADS=1 (a shared
+2-core machine made 2-thread runs swing 7x); the process CPU time over the same window is reported too.
+
+Peak memory: on CUDA torch.cuda.max_memory_allocated at the end of the last step; on CPU the way's
+process's peak resident set (getrusage(RUSAGE_SELF).ru_maxrss inside the child at the end of the last
+step, before any save; for ds-tp the peak_mem_gib of its last metrics row, which is the same call).
+The whole child's peak RSS (os.wait4 in this process, model export included) is reported beside it.
+
+The last line printed is one JSON object with every figure; the same object is written to
+benchmarks/<date>-<device>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WAYS = ("ds_tp", "hf_trainer", "hf_trainer_zero3", "torch")
+
+# A Llama from the builtin tiny-llama's LlamaConfig family, big enough that compute, not per-step
+# overhead, dominates on 2 CPU cores (~3.9 M non-embedding parameters), with the tiny-llama tokenizer.
+CPU_SHAPE = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
+                 num_key_value_heads=4, max_position_embeddings=1024)
+CPU_RUN = dict(sequence_len=256, micro_batch_size=4, warmup=8, measured=40)
+# TinyLlama-1.1B's shape, randomly initialised (nothing is downloaded).
+GPU_SHAPE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                 num_key_value_heads=4, max_position_embeddings=2048, vocab_size=32000)
+GPU_RUN = dict(sequence_len=2048, micro_batch_size=4, warmup=10, measured=30)
+
+# Axolotl's deepspeed_configs/zero3_bf16.json (axolotl-ai-cloud/axolotl), with the stage3_-prefixed key
+# names (DeepSpeed aliases of the same fields) so that HF's integration fills the "auto" bucket sizes,
+# and bf16 "auto" as the issue asks (bf16 where TrainingArguments.bf16 is on, i.e. where ds-tp uses bf16).
+ZERO3_AXOLOTL = {
+    "zero_optimization": {
+        "stage": 3,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "sub_group_size": 0,
+        "reduce_bucket_size": "auto",
+        "stage3_prefetch_bucket_size": "auto",
+        "stage3_param_persistence_threshold": "auto",
+        "stage3_max_live_parameters": 0,
+        "stage3_max_reuse_distance": 0,
+        "stage3_gather_16bit_weights_on_model_save": True,
+    },
+    "bf16": {"enabled": "auto"},
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+    "wall_clock_breakdown": False,
+}
+
+LR, LR_WARMUP, SEED = 1e-4, 4, 42
+
+
+# --- pure helpers (tests/unit/test_bench.py) ------------------------------------------------------
+
+def device_slug(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'; 'CPU' stays 'cpu'."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
+
+
+def hf_json_for_same_layout(ds_config: dict) -> dict:
+    """The JSON ds-tp emitted, as HF Trainer is given it. Nothing needs changing: HF accepts concrete
+    values wherever they equal its TrainingArguments (batch, gas, clipping, lr, betas, eps, weight
+    decay, bf16, scheduler steps), and bench sets those arguments from this very JSON. A copy, so HF
+    filling it in place never touches the original."""
+    return json.loads(json.dumps(ds_config))
+
+
+def ds_tp_window(rows: list[dict], warmup: int, step_tokens: dict[int, int], step_real_tokens: dict[int, int]
+                 ) -> tuple[int, float]:
+    """(real tokens, seconds) of the measured steps from ds-tp's metrics rows.
+
+    ds-tp logs every `warmup` steps; each row's tokens_per_s covers the steps since the previous row
+    and counts len(input_ids) per row (step_tokens). Its seconds are tokens / tokens_per_s; the real
+    tokens of the same steps (step_real_tokens) are then divided by those seconds, as for every way."""
+    seconds, real = 0.0, 0
+    previous = warmup
+    train_rows = sorted((r for r in rows if "tokens_per_s" in r), key=lambda r: r["step"])
+    if not any(r["step"] == warmup for r in train_rows):
+        raise ValueError(f"no metrics row at the end of the warm-up (step {warmup}): logging_steps must be {warmup}")
+    for row in train_rows:
+        if row["step"] <= warmup:
+            continue
+        steps = range(previous + 1, row["step"] + 1)  # 1-based step numbers
+        counted = sum(step_tokens[s] for s in steps)
+        seconds += counted / row["tokens_per_s"]
+        real += sum(step_real_tokens[s] for s in steps)
+        previous = row["step"]
+    if real == 0:
+        raise ValueError("no measured steps in ds-tp's metrics")
+    return real, seconds
+
+
+def tokens_per_s(run: dict) -> float:
+    return run["tokens"] / run["seconds"]
+
+
+def best_run(runs: list[dict]) -> dict | None:
+    """The fastest of a way's rounds (others on the machine only ever slow a run down), or None."""
+    good = [r for r in runs if not r.get("error")]
+    return max(good, key=tokens_per_s) if good else None
+
+
+def assemble(results: dict[str, list[dict]], *, device: dict, precision: str, versions: dict, setup: dict,
+             flops_token: float, peak_flops: float | None, date: str) -> dict:
+    """The one JSON object: per-way tokens/s (best round), MFU, peak memory, the ratios ds_tp / each
+    other way, and every round's tokens/s."""
+    out: dict = {"date": date, "device": device["name"], "accelerator": device["accelerator"],
+                 "precision": precision, "world": 1, **setup, "flops_per_token": flops_token,
+                 "peak_flops": peak_flops, "versions": versions}
+    for way in WAYS:
+        runs = results.get(way) or []
+        r = best_run(runs)
+        if r is None:
+            out[f"{way}_tokens_per_s"] = None
+            out[f"{way}_error"] = runs[0].get("error", "not run") if runs else "not run"
+            continue
+        out[f"{way}_tokens_per_s_rounds"] = [None if x.get("error") else round(tokens_per_s(x), 2) for x in runs]
+        tps = tokens_per_s(r)
+        out[f"{way}_tokens_per_s"] = round(tps, 2)
+        out[f"{way}_s_per_step"] = round(r["seconds"] / r["steps"], 5)
+        out[f"{way}_mfu"] = None if not peak_flops else round(tps * flops_token / peak_flops, 4)
+        out[f"{way}_peak_mem_gib"] = round(r["peak_mem_gib"], 3)
+        if r.get("process_max_rss_gib") is not None:
+            out[f"{way}_process_max_rss_gib"] = round(r["process_max_rss_gib"], 3)
+        if r.get("final_loss") is not None:
+            out[f"{way}_final_loss"] = round(r["final_loss"], 4)
+        if r.get("cpu_seconds"):
+            # Process CPU time over the same window: the share of a core the way got (1.0 = a whole core per
+            # OMP thread on an idle machine), and tokens per CPU-second, which other jobs barely move.
+            out[f"{way}_cpu_per_wall"] = [round(x["cpu_seconds"] / x["seconds"], 3) if x.get("cpu_seconds") else None
+                                          for x in runs if not x.get("error")]
+            out[f"{way}_tokens_per_cpu_s"] = round(max(x["tokens"] / x["cpu_seconds"] for x in runs
+                                                       if x.get("cpu_seconds")), 2)
+    base = out.get("ds_tp_tokens_per_s")
+    base_cpu = out.get("ds_tp_tokens_per_cpu_s")
+    for way in WAYS[1:]:
+        other = out.get(f"{way}_tokens_per_s")
+        out[f"ds_tp_vs_{way}"] = round(base / other, 4) if base and other else None
+        other_cpu = out.get(f"{way}_tokens_per_cpu_s")
+        if base_cpu and other_cpu:
+            out[f"ds_tp_vs_{way}_per_cpu_s"] = round(base_cpu / other_cpu, 4)
+        paired = paired_ratios(out.get("ds_tp_tokens_per_s_rounds"), out.get(f"{way}_tokens_per_s_rounds"))
+        if paired:  # round by round (the two ran minutes apart at most): how much the ratio moves with load
+            out[f"ds_tp_vs_{way}_by_round"] = paired
+    return out
+
+
+def paired_ratios(mine: list | None, other: list | None) -> list[float]:
+    """ds_tp / other for each round both finished."""
+    return [round(a / b, 4) for a, b in zip(mine or [], other or []) if a and b]
+
+
+def summary_lines(result: dict) -> list[str]:
+    mem = "GPU max allocated" if result["accelerator"] == "cuda" else "peak RSS"
+    lines = [f"{result['device']} ({result['precision']}), seq {result['sequence_len']} x micro "
+             f"{result['micro_batch_size']}, {result['warmup']} warm-up + {result['measured']} measured steps"]
+    for way in WAYS:
+        tps = result.get(f"{way}_tokens_per_s")
+        if tps is None:
+            error = result.get(f"{way}_error")
+            lines.append(f"  {way:17s} " + ("(not run)" if error == "not run" else f"FAILED: {error}"))
+            continue
+        mfu = result.get(f"{way}_mfu")
+        ratio = result.get(f"ds_tp_vs_{way}")
+        cpu = result.get(f"{way}_tokens_per_cpu_s") if result["accelerator"] == "cpu" else None
+        cpu_ratio = result.get(f"ds_tp_vs_{way}_per_cpu_s")
+        lines.append(f"  {way:17s} {tps:10.1f} tok/s  {result[f'{way}_s_per_step']:.4f} s/step  "
+                     f"{mem} {result[f'{way}_peak_mem_gib']:.2f} GiB"
+                     + (f"  MFU {100 * mfu:.1f}%" if mfu is not None else "")
+                     + (f"  ds_tp/{way} = {ratio:.3f}" if ratio is not None else "")
+                     + (f"  | {cpu:.1f} tok/CPU-s, CPU/wall {result[f'{way}_cpu_per_wall']}" if cpu else "")
+                     + (f", ds_tp/{way} per CPU-s = {cpu_ratio:.3f}" if cpu and cpu_ratio else ""))
+    return lines
+
+
+# --- the parent --------------------------------------------------------------------------------
+
+def round_orders(ways: list[str], rounds: int) -> list[list[str]]:
+    """Rounds alternate forwards and backwards, so no way always runs first (or just after another)."""
+    return [list(ways) if r % 2 == 0 else list(reversed(ways)) for r in range(rounds)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+    out = {"python": platform.python_version()}
+    for name in ("torch", "deepspeed", "transformers", "accelerate", "ds-tp"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    try:
+        git = ["git", "-C", str(REPO)]
+        out["ds-tp_commit"] = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                             timeout=10).stdout.strip() or os.environ.get("DS_TP_BENCH_COMMIT")
+        changed = subprocess.run(git + ["status", "--porcelain", "--", "ds_tp", "translators"], capture_output=True,
+                                 text=True, timeout=10).stdout.strip()
+        out["ds-tp_uncommitted_changes"] = bool(changed)  # ds_tp/ or translators/ differ from the commit
+    except OSError:
+        out["ds-tp_commit"] = None
+    return out
+
+
+def build_model(folder: Path, shape: dict) -> dict:
+    """A seeded, randomly initialised LlamaForCausalLM + the tiny-llama tokenizer, saved once per shape."""
+    meta_path = folder / "bench_model.json"
+    requested = dict(shape)
+    if meta_path.is_file() and json.loads(meta_path.read_text()).get("requested") == requested:
+        return json.loads(meta_path.read_text())
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ds_tp.assets import QUICKSTART_SEED, build_tokenizer, generate_quickstart_rows
+
+    tokenizer = build_tokenizer(generate_quickstart_rows(2000, QUICKSTART_SEED))
+    shape = dict(shape)
+    vocab = shape.pop("vocab_size", None) or -(-len(tokenizer) // 8) * 8
+    config = LlamaConfig(vocab_size=vocab, tie_word_embeddings=False, rms_norm_eps=1e-6,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    if n_params > 10**8:  # half the bytes to write and read four times; every way loads it as fp32
+        model = model.to(torch.bfloat16)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    del model
+    meta = {"requested": requested, "shape": dict(shape, vocab_size=vocab), "n_params": n_params,
+            "n_embedding": 2 * vocab * config.hidden_size}  # untied: embed_tokens + lm_head
+    meta_path.write_text(json.dumps(meta))
+    return meta
+
+
+def write_data(path: Path, sequence_len: int, rows_needed: int) -> None:
+    """Synthetic documents for the completion type: BOS + letters + EOS = 8 x sequence_len tokens (the
+    tokenizer is character level), so completion cuts each into 8 full rows and packing adds no padding."""
+    rng = random.Random(SEED)
+    docs = -(-rows_needed // 8) + 1
+    with open(path, "w", encoding="utf-8") as fh:
+        for _ in range(docs):
+            fh.write(json.dumps({"text": "".join(rng.choice("abcdefghijklmnopqrstuvwxyz")
+                                                 for _ in range(8 * sequence_len - 2))}) + "\n")
+
+
+def write_config(path: Path, *, model: Path, data: Path, work: Path, run: dict, deepspeed: dict | None = None) -> None:
+    total = run["warmup"] + run["measured"]
+    lines = [
+        f"base_model: {model}",
+        "datasets:",
+        f"  - path: {data}",
+        "    type: completion",
+        f"dataset_prepared_path: {work / 'prepared'}",
+        f"sequence_len: {run['sequence_len']}",
+        "sample_packing: true",
+        f"micro_batch_size: {run['micro_batch_size']}",
+        "gradient_accumulation_steps: 1",
+        f"max_steps: {total}",
+        f"learning_rate: {LR}",
+        "lr_scheduler: cosine",
+        f"warmup_steps: {LR_WARMUP}",
+        "optimizer: adamw_torch_fused",
+        "weight_decay: 0.0",
+        "max_grad_norm: 1.0",
+        "bf16: auto",
+        "attn_implementation: sdpa",
+        f"output_dir: {work / 'out-ds_tp'}",
+        f"logging_steps: {run['warmup']}",
+        f"seed: {SEED}",
+    ]
+    if deepspeed:  # ds-tp merges a `deepspeed:` mapping over the JSON it generates (JSON is YAML)
+        lines.append(f"deepspeed: {json.dumps(deepspeed)}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_child(way: str, spec_path: Path, work: Path, threads: int, accelerator: str, timeout: float,
+              from_checkout: bool) -> dict:
+    result_path = work / f"result-{way}.json"
+    result_path.unlink(missing_ok=True)
+    log_path = work / f"log-{way}.txt"
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
+                "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+                "DS_ACCELERATOR": "cuda" if accelerator == "cuda" else "cpu", "WANDB_DISABLED": "true"})
+    if from_checkout:
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", way, "--spec", str(spec_path),
+           "--result", str(result_path)]
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.2)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0 or not result_path.is_file():
+        tail = log_path.read_text(errors="replace").splitlines()[-25:]
+        print(f"[bench] {way} failed (exit {proc.returncode}); last lines of {log_path}:", flush=True)
+        for line in tail:
+            print(f"[bench]   {line}", flush=True)
+        return {"error": f"exit {proc.returncode}, see {log_path}"}
+    result = json.loads(result_path.read_text())
+    result["process_max_rss_gib"] = usage.ru_maxrss / 2**20  # KiB -> GiB (Linux)
+    result["process_wall_s"] = round(wall, 1)
+    return result
+
+
+def ensure_ds_tp() -> bool:
+    """Import ds-tp as installed (pip install -e . or a wheel); else from this checkout. True if the
+    checkout had to be put on sys.path (the children then get it on PYTHONPATH). An installed ds-tp
+    must not be shadowed by the checkout: translators/ installs as ds_tp.translators."""
+    import importlib.util
+    if importlib.util.find_spec("ds_tp") is not None:
+        return False
+    sys.path.insert(0, str(REPO))
+    return True
+
+
+def parent(args) -> int:
+    args.from_checkout = ensure_ds_tp()
+    from ds_tp.device import probe_with_torch
+    from ds_tp.launch.train import prepare_training
+    from ds_tp.train.batches import BatchPlan
+    from ds_tp.train.flops import flops_per_token, peak_flops
+
+    device = probe_with_torch()
+    cuda = device["accelerator"] == "cuda"
+    shape, run = (dict(GPU_SHAPE), dict(GPU_RUN)) if cuda else (dict(CPU_SHAPE), dict(CPU_RUN))
+    for key in ("sequence_len", "micro_batch_size", "warmup", "measured"):
+        if getattr(args, key) is not None:
+            run[key] = getattr(args, key)
+    if args.quick:
+        run.update(warmup=2, measured=4)
+    args.rounds = args.rounds or (1 if cuda or args.quick else 2)
+    run["measured"] = -(-run["measured"] // run["warmup"]) * run["warmup"]  # whole ds-tp logging windows
+    total = run["warmup"] + run["measured"]
+    threads = args.threads or (1 if not cuda else min(8, os.cpu_count() or 1))
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="ds-tp-bench-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"[bench] device {device['name']}; work dir {work}; OMP_NUM_THREADS={threads} for every way", flush=True)
+
+    meta = build_model(work / "model", shape)
+    data = work / "data.jsonl"
+    write_data(data, run["sequence_len"], total * run["micro_batch_size"])
+    config = work / "bench.yaml"
+    override = json.loads(args.deepspeed_override) if args.deepspeed_override else None
+    write_config(config, model=work / "model", data=data, work=work, run=run, deepspeed=override)
+    # The real front end: schema, layout, data preparation, plan and DeepSpeed JSON, as `ds-tp train`.
+    cfg, plan, plan_path, world, _ = prepare_training(config, [], 1, overwrite=True)
+    ds_json = json.loads((Path(plan.output_dir) / "ds_tp" / "deepspeed_config.json").read_text())
+    print(f"[bench] ds-tp's DeepSpeed JSON (world {world}, ZeRO stage "
+          f"{ds_json.get('zero_optimization', {}).get('stage')}, {plan.precision}): {json.dumps(ds_json)}", flush=True)
+
+    # Which rows each step trains on, and how many tokens they hold: ds-tp's own order for every way.
+    from ds_tp.data import load_prepared
+    train_rows, _ = load_prepared(Path(plan.prepared_path))
+    batches = BatchPlan(rows=plan.train_rows, micro=run["micro_batch_size"], gas=1, dp=1, seed=SEED,
+                        steps_per_epoch=plan.steps_per_epoch)
+    order = [[int(i) for i in batches.global_rows(s)] for s in range(total)]
+    padded = [len(x) for x in train_rows["input_ids"]]
+    real = list(train_rows["length"])
+    step_tokens = {s + 1: sum(padded[i] for i in rows) for s, rows in enumerate(order)}
+    step_real = {s + 1: sum(real[i] for i in rows) for s, rows in enumerate(order)}
+
+    n_non_embedding = meta["n_params"] - meta["n_embedding"]
+    flops_token = flops_per_token(n_non_embedding, shape["num_hidden_layers"], shape["hidden_size"],
+                                  run["sequence_len"])
+    peak = peak_flops(device["name"], plan.precision) if cuda else None
+    spec = {"plan_path": str(plan_path), "model_path": str(work / "model"), "prepared_path": plan.prepared_path,
+            "ds_config": ds_json, "zero3_config": ZERO3_AXOLOTL, "precision": plan.precision, "order": order,
+            "step_tokens": step_tokens, "step_real_tokens": step_real, "warmup": run["warmup"], "total": total,
+            "pad_id": _pad_id(plan), "lr": LR, "lr_warmup": LR_WARMUP, "seed": SEED, "work": str(work),
+            "micro": run["micro_batch_size"], "threads": threads}
+    spec_path = work / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+
+    results: dict[str, list[dict]] = {way: [] for way in args.ways}
+    for number, ways in enumerate(round_orders(args.ways, args.rounds), 1):
+        for way in ways:
+            print(f"[bench] round {number}/{args.rounds} {way}: training {total} steps ({run['warmup']} "
+                  "warm-up)...", flush=True)
+            load = os.getloadavg()[0]
+            r = run_child(way, spec_path, work, threads, device["accelerator"], args.child_timeout,
+                          args.from_checkout)
+            r["load_before"], r["load_after"] = round(load, 2), round(os.getloadavg()[0], 2)
+            results[way].append(r)
+            if not r.get("error"):
+                print(f"[bench] round {number} {way}: {tokens_per_s(r):.1f} tok/s over {r['steps']} steps, "
+                      f"peak {r['peak_mem_gib']:.2f} GiB, child wall {r['process_wall_s']} s, load average "
+                      f"{r['load_before']} -> {r['load_after']}", flush=True)
+    date = _dt.date.today().isoformat()
+    setup = {"model": "TinyLlama-1.1B shape, random init" if cuda else "Llama (bench CPU shape), random init",
+             "model_shape": meta["shape"], "n_params": meta["n_params"], "sequence_len": run["sequence_len"],
+             "micro_batch_size": run["micro_batch_size"], "gradient_accumulation_steps": 1,
+             "warmup": run["warmup"], "measured": run["measured"], "omp_num_threads": threads,
+             "rounds": args.rounds, "load_average": {w: [[r.get("load_before"), r.get("load_after")] for r in rs]
+                                                     for w, rs in results.items()},
+             "tokens_per_step": step_real[1], "deepspeed_override": override, "zero_stage_ds_tp": ds_json.get("zero_optimization", {}).get("stage"),
+             "ds_tp_json": ds_json, "zero3_json": ZERO3_AXOLOTL,
+             "peak_mem_kind": "torch.cuda.max_memory_allocated" if cuda else
+             "getrusage(RUSAGE_SELF).ru_maxrss in the child at the end of the last step",
+             "host": platform.node(), "cpu_count": os.cpu_count()}
+    result = assemble(results, device=device, precision=plan.precision, versions=versions(), setup=setup,
+                      flops_token=flops_token, peak_flops=peak, date=date)
+    for line in summary_lines(result):
+        print(f"[bench] {line}", flush=True)
+    if not args.no_save:
+        out_dir = Path(args.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stamp = _dt.datetime.now().strftime("%Y-%m-%d")
+        path = out_dir / f"{stamp}-{device_slug(device['name'])}.json"
+        if path.exists() and not args.overwrite_result:
+            n = 2
+            while (out_dir / f"{stamp}-{device_slug(device['name'])}-run{n}.json").exists():
+                n += 1
+            path = out_dir / f"{stamp}-{device_slug(device['name'])}-run{n}.json"
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"[bench] wrote {path}", flush=True)
+    sys.stdout.flush()
+    print(json.dumps(result), flush=True)
+    return 0 if all(best_run(rs) for rs in results.values()) else 1
+
+
+def _pad_id(plan) -> int:
+    from ds_tp.launch.plan import load_tokenizer
+    return load_tokenizer(plan.model_path, plan.config).pad_token_id
+
+
+# --- the children ------------------------------------------------------------------------------
+
+def _peak_mem_gib() -> float:
+    import resource
+
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _sync() -> None:
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _rows(spec: dict):
+    from ds_tp.data import load_prepared
+    train_rows, _ = load_prepared(Path(spec["prepared_path"]))
+    return train_rows
+
+
+def child_ds_tp(spec: dict) -> dict:
+    """Rank 0 of world 1 through ds-tp's worker, exactly as the launcher starts it."""
+    from ds_tp.train import metrics
+    from ds_tp.train.worker import main as worker_main
+
+    # Observation only: the process CPU time when ds-tp writes each metrics row, i.e. at the ends of its
+    # own timing windows (its wall-clock figures come from metrics.jsonl itself).
+    cpu_at: dict[int, float] = {}
+    write = metrics.MetricsLog.write
+
+    def observed_write(self, row: dict) -> None:
+        if "tokens_per_s" in row:
+            cpu_at[row["step"]] = time.process_time()
+        write(self, row)
+
+    metrics.MetricsLog.write = observed_write
+    rc = worker_main(["--plan", spec["plan_path"]])
+    if rc:
+        raise RuntimeError(f"ds-tp worker exited {rc}")
+    plan = json.loads(Path(spec["plan_path"]).read_text())
+    rows = [json.loads(line) for line in (Path(plan["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    step_tokens = {int(k): v for k, v in spec["step_tokens"].items()}
+    step_real = {int(k): v for k, v in spec["step_real_tokens"].items()}
+    tokens, seconds = ds_tp_window(rows, spec["warmup"], step_tokens, step_real)
+    last = max((r for r in rows if "tokens_per_s" in r), key=lambda r: r["step"])
+    return {"tokens": tokens, "seconds": seconds, "steps": spec["total"] - spec["warmup"],
+            "cpu_seconds": cpu_at[spec["total"]] - cpu_at[spec["warmup"]], "peak_mem_gib": last["peak_mem_gib"], "final_loss": last["loss"], "ds_tp_reported_mfu": last.get("mfu")}
+
+
+def _collate_hf(rows: list[dict], pad_id: int) -> dict:
+    """ds-tp's collate, with the unshifted labels HF models expect (the model shifts them itself)."""
+    import torch
+
+    from ds_tp.train.batches import IGNORE, collate
+    batch = collate(rows, pad_id)
+    labels = torch.full_like(batch["input_ids"], IGNORE)
+    labels[:, 1:] = batch["shift_labels"][:, :-1]
+    return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "labels": labels}
+
+
+def child_hf(spec: dict, zero3: bool) -> dict:
+    import deepspeed
+    import torch
+    from torch.utils.data import Dataset, SequentialSampler
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    # As ds-tp does: DeepSpeed would otherwise JIT-compile a shared-memory comm op at init (~24 s of g++
+    # on CPU; start-up only, never used at world 1). Same start-up for both, no effect on the timed steps.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    cuda = torch.cuda.is_available()
+    if cuda:  # ds-tp's worker: tf32 "auto" on a device that has it
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    bf16 = spec["precision"] == "bf16"
+    if zero3:
+        ds = json.loads(json.dumps(spec["zero3_config"]))
+        optim = "adamw_torch_fused" if cuda else "adamw_torch"  # ds-tp's adamw_torch_fused: fused on CUDA only
+    else:
+        ds = hf_json_for_same_layout(spec["ds_config"])
+        optim = "adamw_torch"  # unused: the JSON's optimizer block makes DeepSpeed build the optimizer
+    opt = spec["ds_config"]["optimizer"]["params"]
+    sched = spec["ds_config"].get("scheduler", {}).get("params", {})
+    warmup, total = spec["warmup"], spec["total"]
+    args = TrainingArguments(
+        output_dir=str(Path(spec["work"]) / ("out-hf-zero3" if zero3 else "out-hf")),
+        per_device_train_batch_size=spec["micro"], gradient_accumulation_steps=1, max_steps=total,
+        learning_rate=opt["lr"], adam_beta1=opt["betas"][0], adam_beta2=opt["betas"][1], adam_epsilon=opt["eps"],
+        weight_decay=opt["weight_decay"], max_grad_norm=spec["ds_config"]["gradient_clipping"],
+        lr_scheduler_type="cosine", warmup_steps=sched.get("warmup_num_steps", spec["lr_warmup"]),
+        optim=optim, bf16=bf16, logging_steps=warmup, save_strategy="no", report_to="none", seed=spec["seed"],
+        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True, deepspeed=ds)
+    # After TrainingArguments: under ZeRO-3 HF partitions the weights as the model is built (zero.Init).
+    model = AutoModelForCausalLM.from_pretrained(spec["model_path"], attn_implementation="sdpa",
+                                                 dtype=torch.float32)
+    model.config.use_cache = False
+    rows = _rows(spec)
+    flat = [i for step in spec["order"] for i in step]
+
+    class Rows(Dataset):
+        def __len__(self):
+            return len(flat)
+
+        def __getitem__(self, k):
+            return rows[flat[k]]
+
+    class InOrder(Trainer):  # ds-tp's row order (BatchPlan), not HF's own shuffle
+        def _get_train_sampler(self, *a, **kw):
+            return SequentialSampler(self.train_dataset)
+
+    clock: dict = {}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step in (warmup, total):
+                _sync()
+                clock[state.global_step] = time.perf_counter()
+                clock[("cpu", state.global_step)] = time.process_time()
+                if state.global_step == total:
+                    clock["peak"] = _peak_mem_gib()
+
+    pad_id = spec["pad_id"]
+    trainer = InOrder(model=model, args=args, train_dataset=Rows(), data_collator=lambda b: _collate_hf(b, pad_id),
+                      callbacks=[Clock()])
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    steps = total - warmup
+    tokens = sum(spec["step_real_tokens"][str(s)] for s in range(warmup + 1, total + 1))
+    return {"tokens": tokens, "seconds": clock[total] - clock[warmup], "steps": steps, "peak_mem_gib": clock["peak"],
+            "cpu_seconds": clock[("cpu", total)] - clock[("cpu", warmup)],
+            "final_loss": losses[-1] if losses else None,
+            "zero_stage": trainer.model_wrapped.zero_optimization_stage()
+            if hasattr(trainer.model_wrapped, "zero_optimization_stage") else None}
+
+
+def child_torch(spec: dict) -> dict:
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from ds_tp.train.batches import collate
+
+    torch.manual_seed(spec["seed"])
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    model = AutoModelForCausalLM.from_pretrained(spec["model_path"], attn_implementation="sdpa",
+                                                 dtype=torch.float32).to(device)
+    model.config.use_cache = False
+    model.train()
+    p = spec["ds_config"]["optimizer"]["params"]
+    params = [q for q in model.parameters() if q.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=p["lr"], betas=tuple(p["betas"]), eps=p["eps"],
+                                  weight_decay=p["weight_decay"], fused=bool(p.get("fused")) or None)
+    warm, total = spec["lr_warmup"], spec["total"]
+
+    def factor(step: int) -> float:  # linear warm-up then cosine to 0, as WarmupCosineLR
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and spec["precision"] == "bf16")
+    rows = _rows(spec)
+    warmup = spec["warmup"]
+    t0 = None
+    loss_value = None
+    for step in range(total):
+        batch = collate([rows[i] for i in spec["order"][step]], spec["pad_id"])
+        ids, pos, shift = (batch[k].to(device, non_blocking=True) for k in ("input_ids", "position_ids",
+                                                                            "shift_labels"))
+        with autocast:
+            logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        n = max(1, int((shift != -100).sum()))
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift.reshape(-1), ignore_index=-100,
+                               reduction="sum") / n
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, spec["ds_config"]["gradient_clipping"])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % warmup == 0:
+            loss_value = loss.item()  # what a loop that logs every `warmup` steps syncs on
+        if step + 1 == warmup:
+            _sync()
+            t0, cpu0 = time.perf_counter(), time.process_time()
+    _sync()
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
+    tokens = sum(spec["step_real_tokens"][str(s)] for s in range(warmup + 1, total + 1))
+    return {"tokens": tokens, "seconds": seconds, "cpu_seconds": cpu_seconds, "steps": total - warmup,
+            "peak_mem_gib": _peak_mem_gib(),
+            "final_loss": loss_value}
+
+
+def child(way: str, spec_path: Path, result_path: Path) -> int:
+    ensure_ds_tp()
+    spec = json.loads(spec_path.read_text())
+    import torch
+    torch.set_num_threads(int(spec["threads"]))
+    if way == "ds_tp":
+        result = child_ds_tp(spec)
+    elif way == "hf_trainer":
+        result = child_hf(spec, zero3=False)
+    elif way == "hf_trainer_zero3":
+        result = child_hf(spec, zero3=True)
+    elif way == "torch":
+        result = child_torch(spec)
+    else:
+        raise SystemExit(f"unknown way {way}")
+    result_path.write_text(json.dumps(result))
+    print(f"[bench child {way}] {json.dumps(result)}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS))
+    parser.add_argument("--warmup", type=int, help="unmeasured steps (default: 8 on CPU, 10 on GPU)")
+    parser.add_argument("--measured", type=int, help="measured steps, rounded up to a multiple of --warmup")
+    parser.add_argument("--sequence-len", dest="sequence_len", type=int)
+    parser.add_argument("--micro-batch-size", dest="micro_batch_size", type=int)
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every way (default: 1 on CPU, where "
+                        "a busy machine makes multi-threaded runs erratic; up to 8 on GPU)")
+    parser.add_argument("--rounds", type=int, help="run every way this many times, interleaved; the fastest "
+                        "round of each way counts (default 2 on CPU, 1 on GPU and with --quick)")
+    parser.add_argument("--deepspeed-override", help="JSON merged over ds-tp's generated DeepSpeed config (its "
+                        "`deepspeed:` key), to try a change; ways ds_tp and hf_trainer both use the result")
+    parser.add_argument("--quick", action="store_true", help="2 + 4 steps: a smoke run, not a measurement")
+    parser.add_argument("--work-dir", help="scratch folder (model, data, outputs, logs); default a new temp dir")
+    parser.add_argument("--out-dir", default=str(REPO / "benchmarks"))
+    parser.add_argument("--no-save", action="store_true", help="print only; write nothing to --out-dir")
+    parser.add_argument("--overwrite-result", action="store_true", help="replace today's result file")
+    parser.add_argument("--child-timeout", type=float, default=600)
+    parser.add_argument("--child", choices=WAYS, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args.child, Path(args.spec), Path(args.result))
+    return parent(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
