@@ -44,17 +44,22 @@ def load_model(plan, mesh: Mesh, ds_config: dict, attn: str):
     return model, keep_alive
 
 
-def sharding_report(engine, mesh: Mesh, limit: int = 4) -> list[str]:
+def shapes_before_sharding(model) -> dict[str, tuple]:
+    """Global parameter shapes, taken before AutoTP splits them (ZeRO-3 keeps them as ds_shape)."""
+    return {name: tuple(getattr(p, "ds_shape", p.shape)) for name, p in model.named_parameters()}
+
+
+def sharding_report(engine, mesh: Mesh, global_shapes: dict[str, tuple], limit: int = 4) -> list[str]:
     """Global vs local shapes of a few parameters: proof that TP / ZeRO-3 took effect on this rank."""
     lines = []
     for name, param in engine.module.named_parameters():
         if not any(k in name for k in ("layers.0.self_attn.q_proj", "layers.0.mlp.down_proj", "embed_tokens",
                                        "lm_head")):
             continue
-        shape = tuple(getattr(param, "ds_shape", param.shape))
-        local = getattr(param, "ds_tensor", param)
-        lines.append(f"rank {mesh.rank} {name}: global {list(shape)}, local numel {local.numel()} "
-                     f"(tp {mesh.coords['tp']}/{mesh.layout.tp})")
+        tp_local = list(getattr(param, "ds_shape", param.shape))
+        held = getattr(param, "ds_tensor", param).numel()
+        lines.append(f"rank {mesh.rank} {name}: global {list(global_shapes.get(name, tp_local))}, on TP rank "
+                     f"{mesh.coords['tp']}/{mesh.layout.tp} {tp_local}, held here {held} elements")
         if len(lines) >= limit:
             break
     return lines

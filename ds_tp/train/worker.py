@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from ds_tp.train.flops import PEAK_SOURCE, flops_per_token, peak_flops
     from ds_tp.train.loop import Trainer
     from ds_tp.train.mesh import attach_sequence_parallel, init_distributed
-    from ds_tp.train.model import attention_for, load_model, sharding_report
+    from ds_tp.train.model import attention_for, load_model, shapes_before_sharding, sharding_report
     from ds_tp.train.checkpoint import load_checkpoint
     from ds_tp.translators.layout import Layout
 
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     model_cfg = model.config
     n_embed = model_cfg.vocab_size * model_cfg.hidden_size
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    global_shapes = shapes_before_sharding(model)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()
                                                                           if p.requires_grad],
                                            config=plan.ds_config, mpu=mesh.mpu)
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{layout.dp}); ZeRO stage {engine.zero_optimization_stage()}; precision {plan.precision}; attention {attn}")
     for axis in ("tp", "cp", "dp"):
         log(f"{axis} groups: {layout.groups(axis)}")
-    for line in sharding_report(engine, mesh):
+    for line in sharding_report(engine, mesh, global_shapes):
         log(line)
     if layout.tp > 1 and model_cfg.tie_word_embeddings:
         log("tied input/output embeddings: AutoTP keeps them replicated on every TP rank (not sharded)")

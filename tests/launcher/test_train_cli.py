@@ -36,6 +36,8 @@ def test_train_through_launcher(tmp_path, launcher):
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert (out / "model.safetensors").is_file()
     assert "ZeRO stage 3" in log and "step 3/3" in log
+    # the sharding report: ZeRO-3 over 2 ranks holds half of a 64 x 64 projection here
+    assert "q_proj.weight: global [64, 64], on TP rank 0/1 [64, 64], held here 2048 elements" in log
 
 
 def test_print_command_uses_this_interpreter(tmp_path):
