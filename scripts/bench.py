@@ -373,6 +373,11 @@ def ensure_ds_tp() -> bool:
     return True
 
 
+def _pad_id(plan) -> int:
+    from ds_tp.launch.plan import load_tokenizer
+    return load_tokenizer(plan.model_path, plan.config).pad_token_id
+
+
 def parent(args) -> int:
     args.from_checkout = ensure_ds_tp()
     from ds_tp.device import probe_with_torch
@@ -478,229 +483,6 @@ def parent(args) -> int:
     return 0 if all(best_run(rs) for rs in results.values()) else 1
 
 
-def _pad_id(plan) -> int:
-    from ds_tp.launch.plan import load_tokenizer
-    return load_tokenizer(plan.model_path, plan.config).pad_token_id
-
-
-# --- the children ------------------------------------------------------------------------------
-
-def _peak_mem_gib() -> float:
-    import resource
-
-    import torch
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def _sync() -> None:
-    import torch
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _rows(spec: dict):
-    from ds_tp.data import load_prepared
-    train_rows, _ = load_prepared(Path(spec["prepared_path"]))
-    return train_rows
-
-
-def child_ds_tp(spec: dict) -> dict:
-    """Rank 0 of world 1 through ds-tp's worker, exactly as the launcher starts it."""
-    from ds_tp.train import metrics
-    from ds_tp.train.worker import main as worker_main
-
-    # Observation only: the process CPU time when ds-tp writes each metrics row, i.e. at the ends of its
-    # own timing windows (its wall-clock figures come from metrics.jsonl itself).
-    cpu_at: dict[int, float] = {}
-    write = metrics.MetricsLog.write
-
-    def observed_write(self, row: dict) -> None:
-        if "tokens_per_s" in row:
-            cpu_at[row["step"]] = time.process_time()
-        write(self, row)
-
-    metrics.MetricsLog.write = observed_write
-    rc = worker_main(["--plan", spec["plan_path"]])
-    if rc:
-        raise RuntimeError(f"ds-tp worker exited {rc}")
-    plan = json.loads(Path(spec["plan_path"]).read_text())
-    rows = [json.loads(line) for line in (Path(plan["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
-    step_tokens = {int(k): v for k, v in spec["step_tokens"].items()}
-    step_real = {int(k): v for k, v in spec["step_real_tokens"].items()}
-    tokens, seconds = ds_tp_window(rows, spec["warmup"], step_tokens, step_real)
-    last = max((r for r in rows if "tokens_per_s" in r), key=lambda r: r["step"])
-    return {"tokens": tokens, "seconds": seconds, "steps": spec["total"] - spec["warmup"],
-            "cpu_seconds": cpu_at[spec["total"]] - cpu_at[spec["warmup"]], "peak_mem_gib": last["peak_mem_gib"], "final_loss": last["loss"], "ds_tp_reported_mfu": last.get("mfu")}
-
-
-def _collate_hf(rows: list[dict], pad_id: int) -> dict:
-    """ds-tp's collate, with the unshifted labels HF models expect (the model shifts them itself)."""
-    import torch
-
-    from ds_tp.train.batches import IGNORE, collate
-    batch = collate(rows, pad_id)
-    labels = torch.full_like(batch["input_ids"], IGNORE)
-    labels[:, 1:] = batch["shift_labels"][:, :-1]
-    return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "labels": labels}
-
-
-def child_hf(spec: dict, zero3: bool) -> dict:
-    import deepspeed
-    import torch
-    from torch.utils.data import Dataset, SequentialSampler
-    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
-
-    # As ds-tp does: DeepSpeed would otherwise JIT-compile a shared-memory comm op at init (~24 s of g++
-    # on CPU; start-up only, never used at world 1). Same start-up for both, no effect on the timed steps.
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    cuda = torch.cuda.is_available()
-    if cuda:  # ds-tp's worker: tf32 "auto" on a device that has it
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    bf16 = spec["precision"] == "bf16"
-    if zero3:
-        ds = json.loads(json.dumps(spec["zero3_config"]))
-        optim = "adamw_torch_fused" if cuda else "adamw_torch"  # ds-tp's adamw_torch_fused: fused on CUDA only
-    else:
-        ds = hf_json_for_same_layout(spec["ds_config"])
-        optim = "adamw_torch"  # unused: the JSON's optimizer block makes DeepSpeed build the optimizer
-    opt = spec["ds_config"]["optimizer"]["params"]
-    sched = spec["ds_config"].get("scheduler", {}).get("params", {})
-    warmup, total = spec["warmup"], spec["total"]
-    args = TrainingArguments(
-        output_dir=str(Path(spec["work"]) / ("out-hf-zero3" if zero3 else "out-hf")),
-        per_device_train_batch_size=spec["micro"], gradient_accumulation_steps=1, max_steps=total,
-        learning_rate=opt["lr"], adam_beta1=opt["betas"][0], adam_beta2=opt["betas"][1], adam_epsilon=opt["eps"],
-        weight_decay=opt["weight_decay"], max_grad_norm=spec["ds_config"]["gradient_clipping"],
-        lr_scheduler_type="cosine", warmup_steps=sched.get("warmup_num_steps", spec["lr_warmup"]),
-        optim=optim, bf16=bf16, logging_steps=warmup, save_strategy="no", report_to="none", seed=spec["seed"],
-        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True, deepspeed=ds)
-    # After TrainingArguments: under ZeRO-3 HF partitions the weights as the model is built (zero.Init).
-    model = AutoModelForCausalLM.from_pretrained(spec["model_path"], attn_implementation="sdpa",
-                                                 dtype=torch.float32)
-    model.config.use_cache = False
-    rows = _rows(spec)
-    flat = [i for step in spec["order"] for i in step]
-
-    class Rows(Dataset):
-        def __len__(self):
-            return len(flat)
-
-        def __getitem__(self, k):
-            return rows[flat[k]]
-
-    class InOrder(Trainer):  # ds-tp's row order (BatchPlan), not HF's own shuffle
-        def _get_train_sampler(self, *a, **kw):
-            return SequentialSampler(self.train_dataset)
-
-    clock: dict = {}
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step in (warmup, total):
-                _sync()
-                clock[state.global_step] = time.perf_counter()
-                clock[("cpu", state.global_step)] = time.process_time()
-                if state.global_step == total:
-                    clock["peak"] = _peak_mem_gib()
-
-    pad_id = spec["pad_id"]
-    trainer = InOrder(model=model, args=args, train_dataset=Rows(), data_collator=lambda b: _collate_hf(b, pad_id),
-                      callbacks=[Clock()])
-    trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    steps = total - warmup
-    tokens = sum(spec["step_real_tokens"][str(s)] for s in range(warmup + 1, total + 1))
-    return {"tokens": tokens, "seconds": clock[total] - clock[warmup], "steps": steps, "peak_mem_gib": clock["peak"],
-            "cpu_seconds": clock[("cpu", total)] - clock[("cpu", warmup)],
-            "final_loss": losses[-1] if losses else None,
-            "zero_stage": trainer.model_wrapped.zero_optimization_stage()
-            if hasattr(trainer.model_wrapped, "zero_optimization_stage") else None}
-
-
-def child_torch(spec: dict) -> dict:
-    import math
-
-    import torch
-    import torch.nn.functional as F
-    from transformers import AutoModelForCausalLM
-
-    from ds_tp.train.batches import collate
-
-    torch.manual_seed(spec["seed"])
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model = AutoModelForCausalLM.from_pretrained(spec["model_path"], attn_implementation="sdpa",
-                                                 dtype=torch.float32).to(device)
-    model.config.use_cache = False
-    model.train()
-    p = spec["ds_config"]["optimizer"]["params"]
-    params = [q for q in model.parameters() if q.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=p["lr"], betas=tuple(p["betas"]), eps=p["eps"],
-                                  weight_decay=p["weight_decay"], fused=bool(p.get("fused")) or None)
-    warm, total = spec["lr_warmup"], spec["total"]
-
-    def factor(step: int) -> float:  # linear warm-up then cosine to 0, as WarmupCosineLR
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and spec["precision"] == "bf16")
-    rows = _rows(spec)
-    warmup = spec["warmup"]
-    t0 = None
-    loss_value = None
-    for step in range(total):
-        batch = collate([rows[i] for i in spec["order"][step]], spec["pad_id"])
-        ids, pos, shift = (batch[k].to(device, non_blocking=True) for k in ("input_ids", "position_ids",
-                                                                            "shift_labels"))
-        with autocast:
-            logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits
-        n = max(1, int((shift != -100).sum()))
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift.reshape(-1), ignore_index=-100,
-                               reduction="sum") / n
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, spec["ds_config"]["gradient_clipping"])
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if (step + 1) % warmup == 0:
-            loss_value = loss.item()  # what a loop that logs every `warmup` steps syncs on
-        if step + 1 == warmup:
-            _sync()
-            t0, cpu0 = time.perf_counter(), time.process_time()
-    _sync()
-    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
-    tokens = sum(spec["step_real_tokens"][str(s)] for s in range(warmup + 1, total + 1))
-    return {"tokens": tokens, "seconds": seconds, "cpu_seconds": cpu_seconds, "steps": total - warmup,
-            "peak_mem_gib": _peak_mem_gib(),
-            "final_loss": loss_value}
-
-
-def child(way: str, spec_path: Path, result_path: Path) -> int:
-    ensure_ds_tp()
-    spec = json.loads(spec_path.read_text())
-    import torch
-    torch.set_num_threads(int(spec["threads"]))
-    if way == "ds_tp":
-        result = child_ds_tp(spec)
-    elif way == "hf_trainer":
-        result = child_hf(spec, zero3=False)
-    elif way == "hf_trainer_zero3":
-        result = child_hf(spec, zero3=True)
-    elif way == "torch":
-        result = child_torch(spec)
-    else:
-        raise SystemExit(f"unknown way {way}")
-    result_path.write_text(json.dumps(result))
-    print(f"[bench child {way}] {json.dumps(result)}", flush=True)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS))
@@ -725,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
+        from bench_ways import child  # the child side lives beside this file
         return child(args.child, Path(args.spec), Path(args.result))
     return parent(args)
 

@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,3 +32,14 @@ learning_rate: 2e-5
 micro_batch_size: 1
 gradient_accumulation_steps: 4
 """
+
+
+def assert_cli_skips_heavy_imports(args: list[str]) -> None:
+    """Run `ds-tp ARGS` in a fresh interpreter; fail if torch/deepspeed/transformers/datasets got imported."""
+    code = ("import sys; from click.testing import CliRunner; from ds_tp.cli import main; "
+            f"r = CliRunner().invoke(main, {args!r}); "
+            "assert r.exit_code == 0, r.output; "
+            "heavy = [m for m in ('torch', 'deepspeed', 'transformers', 'datasets') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr

@@ -1,7 +1,5 @@
 """Memory estimates (translators/memory.py) on hand-computed cases, layout ranking, and `ds-tp plan`."""
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -11,7 +9,7 @@ from ds_tp.translators.layout import Layout
 from ds_tp.translators.memory import (GIB, PRESETS, ModelShape, activation_bytes, all_layouts, bytes_per_param,
                                       candidate_layouts, estimate_memory, layout_problems, rank_layouts,
                                       smallest_fitting)
-from tests.conftest import CARD, EXAMPLES
+from tests.conftest import assert_cli_skips_heavy_imports, CARD, EXAMPLES
 from tests.unit.test_cli import run
 
 # One layer, hidden 8, MLP 16, 2 heads of 4 (no GQA), vocab 32, untied. Counted by hand:
@@ -180,10 +178,4 @@ def test_plan_cli_unknown_hub_model_and_local_folder(tmp_path, write_config):
 
 
 def test_plan_does_not_import_torch():
-    code = ("import sys; from click.testing import CliRunner; from ds_tp.cli import main; "
-            f"r = CliRunner().invoke(main, ['plan', r'{CARD / 'recommended-70b.yaml'}', '--gpus', '16']); "
-            "assert r.exit_code == 0, r.output; "
-            "heavy = [m for m in ('torch', 'deepspeed', 'transformers', 'datasets') if m in sys.modules]; "
-            "assert not heavy, heavy")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, p.stderr
+    assert_cli_skips_heavy_imports(['plan', str(CARD / 'recommended-70b.yaml'), '--gpus', '16'])
