@@ -193,8 +193,10 @@ def train(ctx, config, num_processes, launcher, num_machines, machine_rank, main
     watcher.wait_for_ranks(timeout=60)
     stopped = read_marker(plan.output_dir)
     if stopped:
-        _err(f"ds-tp: stopped by {stopped['signal'] or 'a signal'} after step {stopped['step']}; saved "
-             f"{stopped['checkpoint']}; continue with --auto-resume-from-checkpoints")
+        saved = (f"saved {stopped['checkpoint']}" if not stopped.get("why_not_saved") else
+                 f"no checkpoint saved ({stopped['why_not_saved']}); the last one is {stopped['checkpoint']}")
+        _err(f"ds-tp: stopped by {stopped['signal'] or 'a signal'} after step {stopped['step']}; {saved}; "
+             "continue with --auto-resume-from-checkpoints")
         sys.exit(EXIT_PREEMPTED)
     if code != 0:
         first = watcher.describe()

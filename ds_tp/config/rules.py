@@ -128,6 +128,12 @@ def cross_field(data: dict, bad: set[str]) -> list[Finding]:
         for key in ("eval_steps", "evals_per_epoch"):
             if data.get(key) and not data.get("test_datasets"):
                 found.append(Finding((key,), "has no effect without val_set_size or test_datasets", level="warning"))
+    grace = data.get("preemption_grace_period")
+    if isinstance(grace, (int, float)) and grace > 30 and "preemption_grace_period" not in bad:
+        found.append(Finding(("preemption_grace_period",), f"{grace} s is longer than the 30 s after which the "
+                             "deepspeed launcher and torchrun SIGKILL ranks they have SIGTERMed",
+                             "keep it under 30 s unless the ranks are signalled by a scheduler that waits longer",
+                             level="warning"))
     return found
 
 

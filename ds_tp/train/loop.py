@@ -21,10 +21,7 @@ from ds_tp.train.batches import BatchPlan, collate, shard_sequence, trainable_to
 from ds_tp.train.checkpoint import save_checkpoint
 from ds_tp.train.flops import mfu
 from ds_tp.train.metrics import MetricsLog, Progress
-
-
-class NonFiniteTraining(RuntimeError):
-    """Training produced non-finite values and cannot go on; the last checkpoint is the last good one."""
+from ds_tp.train.nonfinite import StepGuard
 
 
 class Trainer:
@@ -80,10 +77,12 @@ class Trainer:
         dp_rank = self.mesh.coords["dp"]
         window_tokens, window_start = 0, time.perf_counter()
         step = start_step
-        skipped_before, skipped_in_a_row = engine.skipped_steps, 0
-        limit = int(plan.config.get("max_nonfinite_steps", 10))
+        guard = StepGuard(engine, self.mesh.rank, int(plan.config.get("max_nonfinite_steps", 10)))
+        agreement = self._stop_agreement(stop)
+        step_s = save_s = 0.0
         with profiler as prof:
             for step in range(start_step, plan.total_steps):
+                step_start = time.perf_counter()
                 global_rows = self.batches.global_rows(step)
                 global_tokens = max(1, int(self.tokens_in_loss[global_rows].sum()))
                 lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step runs at
@@ -91,30 +90,24 @@ class Trainer:
                 for m in range(self.gas):
                     rows = self._rows(self.train_rows, self.batches.micro_rows(step, m, dp_rank))
                     local, summed = self._loss_sum(rows)
+                    local, summed = guard.loss(local, step), guard.loss(summed, step)
                     engine.backward(summed * (self.gas * self.layout.dp / global_tokens))
+                    if m == self.gas - 1:
+                        guard.before_optimizer_step()
                     engine.step()
                     accumulated += local.detach()
                 window_tokens += int(self.row_lengths[global_rows].sum())
-                # DeepSpeed skips bf16/fp16 steps whose gradients overflowed (a host-side counter)
-                skipped_in_a_row = skipped_in_a_row + 1 if engine.skipped_steps > skipped_before else 0
-                skipped_before = engine.skipped_steps
-                if skipped_in_a_row >= limit:
-                    raise NonFiniteTraining(f"{skipped_in_a_row} optimizer steps in a row skipped for non-finite "
-                                            f"gradients (step {step + 1}); lower learning_rate or use bf16, and resume "
-                                            "from the last checkpoint")
                 if prof is not None and hasattr(prof, "step"):
                     prof.step()
                 done = step + 1
                 row = None
                 if done % plan.logging_steps == 0 or done == plan.total_steps:
-                    row = self._log_row(done, accumulated, global_tokens, lr, window_tokens, window_start)
-                    if not math.isfinite(row["loss"]) and plan.precision not in ("bf16", "fp16"):  # nothing skips
-                        raise NonFiniteTraining(f"loss is {row['loss']} at step {done}: the weights are no longer "
-                                                "finite; lower learning_rate, and resume from the last checkpoint")
+                    row = self._log_row(done, accumulated, global_tokens, lr, window_tokens, window_start, guard)
                     window_tokens, window_start = 0, time.perf_counter()
                     if metrics:
                         metrics.write(row)
                         self._monitor(row, ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"))
+                guard.after_optimizer_step(step)  # after the row is written: the log shows the last skipped step
                 if plan.eval_steps and (done % plan.eval_steps == 0 or done == plan.total_steps):
                     eval_row = {"step": done, "total_steps": plan.total_steps, "eval_loss": self.evaluate()}
                     if metrics:
@@ -123,20 +116,44 @@ class Trainer:
                         progress.update(done, eval_row)
                 if progress:
                     progress.update(done, row)
-                stopping = stop is not None and done < plan.total_steps and stop.agreed(self.dist, self.device)
-                if (plan.save_steps and done % plan.save_steps == 0 and done < plan.total_steps) or stopping:
+                step_s = time.perf_counter() - step_start
+                halt = agreement.poll(step_s, save_s) if agreement and done < plan.total_steps else None
+                if (plan.save_steps and done % plan.save_steps == 0 and done < plan.total_steps) or \
+                        (halt and halt.save):
+                    save_start = time.perf_counter()
                     path = self._save(done)
-                if stopping:
-                    from ds_tp.train.preempt import write_marker
-                    if self.mesh.is_main:
-                        write_marker(self.output_dir, done, path, stop.signal_name)
-                    self.log(f"{stop.signal_name or 'a signal'} on some rank: stopped after step {done}, saved {path}")
+                    save_s = time.perf_counter() - save_start
+                if halt:
+                    self._stopped(stop, halt, done, path if halt.save else None)
                     break
+        if agreement:
+            agreement.close()
         if progress:
             progress.close()
         if metrics:
             metrics.close()
         return step + 1 if plan.total_steps > start_step else start_step
+
+    def _stop_agreement(self, stop):
+        from ds_tp.train.preempt import DEFAULT_GRACE_S, StopAgreement
+        if stop is None:
+            return None
+        grace = float(self.plan.config.get("preemption_grace_period", DEFAULT_GRACE_S))
+        return StopAgreement(stop, self.mesh.control_group, grace)
+
+    def _stopped(self, stop, halt, done: int, path: Path | None) -> None:
+        from ds_tp.launch.plan import existing_checkpoints
+        from ds_tp.train.preempt import write_marker
+        why = None
+        if path is None:
+            done_before = existing_checkpoints(self.output_dir)
+            path = done_before[-1] if done_before else None
+            why = (f"a save (last took {halt.save_s:.0f} s) after {halt.waited_s:.0f} s since the signal and a "
+                   f"{halt.step_s:.0f} s step would pass preemption_grace_period")
+        if self.mesh.is_main:
+            write_marker(self.output_dir, done, path, stop.signal_name, why)
+        self.log(f"{stop.signal_name or 'a signal'} on some rank: stopped after step {done}; "
+                 + (f"saved {path}" if why is None else f"not saved: {why}"))
 
     def _save(self, done: int) -> Path:
         plan = self.plan
@@ -146,7 +163,7 @@ class Trainer:
         self.log(f"saved {path}")
         return path
 
-    def _log_row(self, done, accumulated, global_tokens, lr, window_tokens, window_start) -> dict:
+    def _log_row(self, done, accumulated, global_tokens, lr, window_tokens, window_start, guard) -> dict:
         total = accumulated.clone()
         self.dist.all_reduce(total)  # every rank's share; TP ranks hold copies, hence / tp
         loss = total.item() / self.layout.tp / global_tokens
@@ -154,11 +171,13 @@ class Trainer:
         tokens_per_s = window_tokens / elapsed
         per_device = tokens_per_s / self.mesh.world
         norm = self.engine.get_global_grad_norm()
+        if norm is None and guard.last_norm is not None and self.layout.tp == 1:  # stage 0: the guard's norm
+            norm = guard.last_norm
         norm = float(norm) if norm is not None else None
         return {"step": done, "total_steps": self.plan.total_steps, "loss": loss, "lr": lr,
                 "grad_norm": norm, "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
                 "peak_mem_gib": peak_memory_gib(self.device), "mfu": mfu(per_device, self.flops_token, self.peak),
-                "epoch": done / self.plan.steps_per_epoch}
+                "epoch": done / self.plan.steps_per_epoch, "skipped_steps": self.engine.skipped_steps}
 
     def _monitor(self, row: dict, keys: tuple) -> None:
         """The same figures to DeepSpeed's tensorboard/wandb monitors, when the config enables them."""

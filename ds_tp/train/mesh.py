@@ -17,6 +17,7 @@ class Mesh:
     coords: dict
     sp_group: object = None  # torch ProcessGroup of this rank's context-parallel (Ulysses) group
     mpu: object = None  # what deepspeed.initialize gets as mpu (Ulysses), or None
+    control_group: object = None  # CPU gloo group for small control messages (stop agreement), world > 1
 
     @property
     def is_main(self) -> bool:
@@ -40,7 +41,11 @@ def init_distributed(layout: Layout, timeout_s: int) -> Mesh:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if get_accelerator().device_name() == "cuda":
         get_accelerator().set_device(local_rank)
-    return Mesh(rank=rank, world=world, local_rank=local_rank, layout=layout, coords=layout.coords(rank))
+    # Control messages go over gloo on the CPU, so agreeing on them never waits for the device.
+    import torch.distributed as tdist
+    control = tdist.new_group(backend="gloo") if world > 1 else None
+    return Mesh(rank=rank, world=world, local_rank=local_rank, layout=layout, coords=layout.coords(rank),
+                control_group=control)
 
 
 def attach_sequence_parallel(mesh: Mesh, model_path: str, attn: str, micro: int, seq_len: int) -> None:

@@ -13,18 +13,14 @@ from tests.reliability.test_kill_resume import metrics
 RUN = ["--max-steps", "12", "--logging-steps", "1", "--sequence-len", "64"]
 
 
-def test_sigterm_saves_then_resumes(tmp_path):
-    """fault: SIGTERM to the whole job (a scheduler preempting it)
-    does: ranks agree at the next step boundary, save a checkpoint, exit; ds-tp exits 75 and auto-resume finishes the run
-    lost: nothing: the checkpoint is the step the job stopped at"""
-    out = tmp_path / "run"
-    common = [*RUN, "--output-dir", str(out), "--dataset-prepared-path", str(tmp_path / "prep")]
+def _sigterm_at_step(out, common, step: int):
+    """Start `ds-tp train`, SIGTERM its whole process group once metrics show `step`; (exit code, log)."""
     env = dict(os.environ, PATH="/usr/bin:/bin", OMP_NUM_THREADS="1")
     job = subprocess.Popen([DS_TP, "train", str(EXAMPLES / "quickstart.yaml"), *common], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not any(r.get("step") == 3 for r in metrics(out)):
+        while time.monotonic() < deadline and not any(r.get("step") == step for r in metrics(out)):
             assert job.poll() is None, job.stdout.read()[-3000:]
             time.sleep(0.1)
         os.killpg(job.pid, signal.SIGTERM)
@@ -33,7 +29,17 @@ def test_sigterm_saves_then_resumes(tmp_path):
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
             job.wait()
-    assert job.returncode == 75, log[-3000:]
+    return job.returncode, log
+
+
+def test_sigterm_saves_then_resumes(tmp_path):
+    """fault: SIGTERM to the whole job (a scheduler preempting it)
+    does: ranks agree at the next step boundary, save a checkpoint, exit; ds-tp exits 75 and auto-resume finishes the run
+    lost: nothing: the checkpoint is the step the job stopped at"""
+    out = tmp_path / "run"
+    common = [*RUN, "--output-dir", str(out), "--dataset-prepared-path", str(tmp_path / "prep")]
+    code, log = _sigterm_at_step(out, common, 3)
+    assert code == 75, log[-3000:]
     stopped = json.loads((out / "ds_tp" / "preempted.json").read_text())
     step = stopped["step"]
     assert 3 <= step < 12 and "stopped by SIGTERM" in log
@@ -44,3 +50,19 @@ def test_sigterm_saves_then_resumes(tmp_path):
     assert code == 0, log[-3000:]
     assert [r["step"] for r in metrics(out)] == list(range(1, 13))
     assert (out / "model.safetensors").is_file()
+
+
+def test_sigterm_without_time_to_save_keeps_the_last_checkpoint(tmp_path):
+    """fault: SIGTERM when a save would not fit preemption_grace_period (set to 0.001 s here)
+    does: ranks stop at the next step boundary without starting a save; ds-tp exits 75 naming why and the last checkpoint
+    lost: the steps after the last checkpoint (the kill would have cut a save short anyway)"""
+    out = tmp_path / "run"
+    common = [*RUN, "--save-steps", "2", "--preemption-grace-period", "0.001", "--output-dir", str(out),
+              "--dataset-prepared-path", str(tmp_path / "prep")]
+    code, log = _sigterm_at_step(out, common, 3)
+    assert code == 75, log[-3000:]
+    stopped = json.loads((out / "ds_tp" / "preempted.json").read_text())
+    assert stopped["why_not_saved"] and "preemption_grace_period" in log and "no checkpoint saved" in log
+    saved = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert saved and all(s % 2 == 0 for s in saved) and stopped["checkpoint"].endswith(f"checkpoint-{saved[-1]}")
+    assert not list(out.glob("tmp-save-*"))

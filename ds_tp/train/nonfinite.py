@@ -1,0 +1,72 @@
+"""Non-finite steps are skipped and counted, never applied; too many in a row stop the run.
+
+DeepSpeed's own optimizers skip a step whose gradient norm is inf/NaN and count it in
+engine.skipped_steps: the ZeRO 1/2/3 optimizers in every precision, and the bf16 optimizer. Only
+ZeRO stage 0 with a plain torch optimizer (fp32, or bf16 through torch autocast) would apply the NaN
+step. For that case StepGuard checks the gradients after the last backward of the step (one small
+all-reduce) and, if any rank's are non-finite, clears them and flags the optimizer the way DeepSpeed's
+own optimizers do (`optimizer.overflow`), so the engine counts the skip and holds the lr schedule.
+With no gradients a torch optimizer leaves every parameter and its state untouched; clipping is
+switched off for that one step because DeepSpeed's clip_grad_norm_ fails on an empty gradient list.
+
+DS_TP_FAULT_NONFINITE_STEPS="3,4" (1-based steps) makes rank 0's loss NaN on those steps: the fault
+injection the reliability tests use to exercise this path.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+class NonFiniteTraining(RuntimeError):
+    """Training produced non-finite values and cannot go on; the last checkpoint is the last good one."""
+
+
+def injected_fault_steps() -> set[int]:
+    raw = os.environ.get("DS_TP_FAULT_NONFINITE_STEPS", "")
+    return {int(x) for x in raw.split(",") if x.strip()}
+
+
+class StepGuard:
+    def __init__(self, engine, rank: int, limit: int):
+        self.engine, self.limit = engine, limit
+        self.checks_grads = not hasattr(engine.optimizer, "overflow")
+        self.fault_steps = injected_fault_steps() if rank == 0 else set()
+        self.skipped_before = engine.skipped_steps
+        self.in_a_row = 0
+        self.clipping = 0.0
+        self.last_norm: torch.Tensor | None = None  # stage 0: this rank's gradient norm, before clipping
+
+    def loss(self, loss: torch.Tensor, step: int) -> torch.Tensor:
+        return loss * float("nan") if step + 1 in self.fault_steps else loss
+
+    def before_optimizer_step(self) -> None:
+        """Call after the step's last backward, before its last engine.step() (collective when checking)."""
+        if not self.checks_grads:
+            return
+        import deepspeed.comm as dist
+        optimizer = self.engine.optimizer
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.engine.device)
+        self.last_norm = norm
+        bad = (~torch.isfinite(norm)).float().reshape(1)
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item():
+            optimizer.zero_grad(set_to_none=True)
+            optimizer.overflow = True  # DeepSpeed's engine: count the skip, keep the lr schedule where it is
+            self.clipping = self.engine._config.gradient_clipping
+            self.engine._config.gradient_clipping = 0.0
+
+    def after_optimizer_step(self, step: int) -> None:
+        if self.checks_grads and getattr(self.engine.optimizer, "overflow", False):
+            self.engine.optimizer.overflow = False
+            self.engine._config.gradient_clipping = self.clipping
+        skipped = self.engine.skipped_steps
+        self.in_a_row = self.in_a_row + 1 if skipped > self.skipped_before else 0
+        self.skipped_before = skipped
+        if self.in_a_row >= self.limit:
+            raise NonFiniteTraining(
+                f"{self.in_a_row} optimizer steps in a row skipped for a non-finite loss or gradient norm (up to "
+                f"step {step + 1}, max_nonfinite_steps {self.limit}); the weights were not updated by them. Lower "
+                "learning_rate or check the data, and resume from the last checkpoint")

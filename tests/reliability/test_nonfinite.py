@@ -1,0 +1,62 @@
+"""Non-finite steps are skipped and counted, never applied; too many in a row stop the run.
+
+Stage 0 with a plain torch optimizer goes through ds-tp's StepGuard; ZeRO-3 through DeepSpeed's own
+overflow check. DS_TP_FAULT_NONFINITE_STEPS makes rank 0's loss NaN on the named steps."""
+import math
+
+import pytest
+import torch
+
+from ds_tp.export_checkpoint import export_checkpoint
+from tests.ranks.harness import SHARP, read_metrics, train
+
+
+def _weights(checkpoint, out):
+    export_checkpoint(checkpoint, out)
+    from safetensors.torch import load_file
+    return load_file(out / "model.safetensors")
+
+
+@pytest.mark.parametrize("world", [1, 2], ids=["stage0_guard", "zero3_deepspeed"])
+def test_a_nan_step_is_skipped_and_counted(tmp_path, monkeypatch, world):
+    """fault: a NaN loss on one rank at step 3 (injected)
+    does: every rank skips that optimizer step (weights after step 3 equal those after step 2), counts it in skipped_steps, and trains on
+    lost: that one step's update"""
+    monkeypatch.setenv("DS_TP_FAULT_NONFINITE_STEPS", "3")
+    out = tmp_path / "run"
+    rows = train(out, [*SHARP, "--max-steps", "5", "--save-steps", "1", "--warmup-steps", "0", "--dp-shard-size",
+                       str(world)], world)
+    losses = [r["loss"] for r in rows]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert math.isnan(losses[2]) and all(math.isfinite(x) for i, x in enumerate(losses) if i != 2)
+    assert [r["skipped_steps"] for r in rows] == [0, 0, 1, 1, 1]
+    two, three, four = (_weights(out / f"checkpoint-{s}", tmp_path / f"hf{s}") for s in (2, 3, 4))
+    assert all(torch.equal(two[k], three[k]) for k in two)  # step 3 was not applied
+    assert any(not torch.equal(three[k], four[k]) for k in three)  # step 4 was
+    assert all(torch.isfinite(v).all() for v in four.values())
+
+
+def test_nan_steps_in_a_row_stop_the_run(tmp_path, monkeypatch):
+    """fault: a NaN loss on steps 2 and 3 in a row with max_nonfinite_steps 2
+    does: both steps are skipped, then training stops with a message naming the limit; checkpoint-1 holds finite weights
+    lost: the steps after the last checkpoint"""
+    monkeypatch.setenv("DS_TP_FAULT_NONFINITE_STEPS", "2,3")
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError) as info:
+        train(out, [*SHARP, "--max-steps", "6", "--save-steps", "1", "--max-nonfinite-steps", "2",
+                    "--dp-shard-size", "1"], 1)
+    assert "NonFiniteTraining" in str(info.value) and "2 optimizer steps in a row skipped" in str(info.value)
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+    one = _weights(out / "checkpoint-1", tmp_path / "hf1")
+    assert all(torch.isfinite(v).all() for v in one.values())
+
+
+def test_a_diverging_learning_rate_stops_the_run(tmp_path):
+    """fault: a learning rate that makes the fp32 weights non-finite after one step
+    does: every later step has a non-finite loss and is skipped; after max_nonfinite_steps in a row training stops with a message
+    lost: the steps after the last checkpoint, which holds finite weights"""
+    with pytest.raises(RuntimeError) as info:
+        train(tmp_path / "nan", ["--max-steps", "8", "--logging-steps", "1", "--sequence-len", "64", "--optimizer",
+                                 "sgd", "--learning-rate", "1e30", "--max-grad-norm", "0", "--lr-scheduler",
+                                 "constant", "--dp-shard-size", "1", "--max-nonfinite-steps", "3"], 1)
+    assert "3 optimizer steps in a row skipped" in str(info.value)
