@@ -1,13 +1,15 @@
-"""A layout changes who computes, never what: per-step losses equal to one process (SGD, 6 steps)."""
+"""A layout changes who computes, never what: per-step losses equal to one process (SGD, 6 steps), and so
+do the weights of the final export and of `ds-tp export` of the step-3 checkpoint (ZeRO partitions and
+TP shards merged offline)."""
 import json
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM
 
+from ds_tp.export_checkpoint import export_checkpoint
 from tests.ranks.harness import SHARP, losses, train
 
-STEPS = ["--max-steps", "6"]
+STEPS = ["--max-steps", "6", "--save-steps", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +38,19 @@ def weights(out):
     return AutoModelForCausalLM.from_pretrained(out).state_dict()
 
 
+def exported(checkpoint):
+    """`ds-tp export` of a checkpoint, once per checkpoint."""
+    out = checkpoint.parent / "exported-3"
+    if not out.exists():
+        export_checkpoint(checkpoint, out)
+    return AutoModelForCausalLM.from_pretrained(out).state_dict()
+
+
+def max_diff(a, b):
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
 @pytest.mark.parametrize("name, overrides, nproc", [
     ("dp_shard2", ["--dp-shard-size", "2", "--gradient-accumulation-steps", "1"], 2),
     ("tp2", ["--dp-shard-size", "1", "--tensor-parallel-size", "2", "--gradient-accumulation-steps", "2"], 2),
@@ -55,6 +70,7 @@ def test_layout_matches_one_process(reference, tmp_path, name, overrides, nproc)
     diffs = [abs(a - b) for a, b in zip(got, ref_losses)]
     assert max(diffs) < 1e-5, (got, ref_losses)
     assert ref_losses[-1] < ref_losses[0]  # it trained
-    a, b = weights(out), weights(ref_out)
-    assert a.keys() == b.keys()
-    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-4
+    assert max_diff(weights(out), weights(ref_out)) < 1e-4
+    step3 = exported(out / "checkpoint-3")
+    assert max_diff(step3, exported(ref_out / "checkpoint-3")) < 1e-4
+    assert max_diff(step3, weights(out)) > 1e-3  # steps 4-6 moved the weights: the checkpoint is step 3's
