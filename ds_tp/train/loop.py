@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from ds_tp.train.batches import BatchPlan, collate, shard_sequence, trainable_tokens
 from ds_tp.train.checkpoint import save_checkpoint
 from ds_tp.train.flops import mfu
+from ds_tp.train.loss import linear_cross_entropy_sum
 from ds_tp.train.metrics import MetricsLog, Progress
 from ds_tp.train.nonfinite import StepGuard
 
@@ -48,6 +49,27 @@ class Trainer:
         self.pad_to = int(cfg["sequence_len"]) if cfg.get("pad_to_sequence_len") else None
         self.device = engine.device
         self.output_dir = Path(plan.output_dir)
+        self.head_weight = self._chunked_head(cfg)
+        self.no_positions = torch.zeros(0, dtype=torch.long, device=self.device)
+        autocast = plan.ds_config.get("torch_autocast", {})
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) \
+            if autocast.get("enabled") else nullcontext
+
+    def _chunked_head(self, cfg):
+        """The LM head's weight when the chunked cross-entropy applies, else None (with the reason logged)."""
+        if not cfg.get("chunked_cross_entropy"):
+            return None
+        if self.engine.zero_optimization_stage() == 3 or self.layout.tp > 1:
+            self.log("chunked_cross_entropy: the LM head is ZeRO-3-partitioned or TP-split on this layout; "
+                     "using the standard cross-entropy")
+            return None
+        head = self.engine.module.get_output_embeddings()
+        self.log(f"chunked_cross_entropy: LM head and loss fused in {cfg.get('chunked_cross_entropy_num_chunks', 8)} "
+                 "chunks (no full logits)")
+        return head.weight
+
+    def _chunk_rows(self, rows: int) -> int:
+        return max(1, math.ceil(rows / int(self.plan.config.get("chunked_cross_entropy_num_chunks", 8))))
 
     # --- one forward ------------------------------------------------------------------------
     def _loss_sum(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,9 +78,17 @@ class Trainer:
         batch = shard_sequence(batch, self.mesh.coords["cp"], self.layout.cp)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         shift = batch.pop("shift_labels")
-        logits = self.engine(**batch, use_cache=False).logits
-        local = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift.reshape(-1),
-                                ignore_index=-100, reduction="sum")
+        if self.head_weight is not None:  # chunked: the model stops at the hidden states
+            out = self.engine(**batch, use_cache=False, output_hidden_states=True,
+                              logits_to_keep=self.no_positions)
+            hidden = out.hidden_states[-1]
+            with self.autocast():
+                local = linear_cross_entropy_sum(hidden.reshape(-1, hidden.shape[-1]), self.head_weight,
+                                                 shift.reshape(-1), self._chunk_rows(shift.numel()))
+        else:
+            logits = self.engine(**batch, use_cache=False).logits
+            local = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift.reshape(-1),
+                                    ignore_index=-100, reduction="sum")
         if self.layout.cp > 1:
             import torch.distributed.nn.functional as dnn
             return local, dnn.all_reduce(local, group=self.mesh.sp_group)

@@ -1,0 +1,37 @@
+"""chunked_cross_entropy changes how the loss is computed, not its value: per-step losses equal the
+standard cross-entropy's (SGD, so any gradient difference would show in the later steps)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ds_tp.train.loss import linear_cross_entropy_sum
+from tests.ranks.harness import SHARP, losses, train
+
+
+def test_loss_and_gradients_equal_the_full_logits():
+    torch.manual_seed(0)
+    hidden = torch.randn(301, 24, requires_grad=True)
+    weight = torch.randn(113, 24, requires_grad=True)
+    labels = torch.randint(0, 113, (301,))
+    labels[::5] = -100
+    ref = F.cross_entropy(hidden @ weight.t(), labels, ignore_index=-100, reduction="sum")
+    ref.backward(torch.tensor(0.5))
+    want_h, want_w = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    got = linear_cross_entropy_sum(hidden, weight, labels, chunk=64)
+    (got * 0.5).backward()
+    assert torch.allclose(got, ref, rtol=1e-5)
+    assert torch.allclose(hidden.grad, want_h, atol=1e-5) and torch.allclose(weight.grad, want_w, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(linear_cross_entropy_sum(hidden, weight, labels, chunk=7), ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("world", [1, 2], ids=["stage0", "cp2"])
+def test_training_losses_match_the_standard_loss(tmp_path, world):
+    extra = ["--dp-shard-size", "1", "--max-steps", "4"] + (["--context-parallel-size", "2"] if world == 2 else [])
+    plain = losses(train(tmp_path / "plain", [*SHARP, *extra], world))
+    chunked = losses(train(tmp_path / "chunked", [*SHARP, *extra, "--chunked-cross-entropy",
+                                                   "--chunked-cross-entropy-num-chunks", "3"], world))
+    assert len(plain) == len(chunked) == 4
+    assert max(abs(a - b) for a, b in zip(plain, chunked)) < 1e-4, (plain, chunked)
+    assert plain[-1] < plain[0]
