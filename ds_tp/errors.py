@@ -23,7 +23,12 @@ class Problem:
         head = f"{self.where}: " if self.where else ""
         key = f"{self.key}: " if self.key else ""
         hint = f" ({self.hint})" if self.hint else ""
-        return f"{head}{key}{self.message}{hint}"
+        return one_line(f"{head}{key}{self.message}{hint}")
+
+
+def one_line(text: str) -> str:
+    """Control characters and line separators from user input (a YAML key "\\n") shown escaped."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode() for c in text)
 
 
 class UserError(Exception):
