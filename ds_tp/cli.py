@@ -77,12 +77,14 @@ def config_schema():
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--world-size", type=click.IntRange(min=1), help="Check the layout against this many ranks.")
 @click.option("--num-processes", type=click.IntRange(min=1), help="Total ranks over all machines.")
+@click.option("--plugin-module", "plugin_modules", multiple=True, metavar="NAME",
+              help="Allow this `plugins:` entry to be imported on every rank (repeatable).")
 @click.pass_context
 @user_errors
-def validate(ctx, config, world_size, num_processes):
+def validate(ctx, config, world_size, num_processes, plugin_modules):
     """Check CONFIG against ds-tp's schema and rules."""
     from ds_tp.config import load_config
-    cfg = load_config(config, ctx.args, world_size_from(world_size, num_processes, None, None))
+    cfg = load_config(config, ctx.args, world_size_from(world_size, num_processes, None, None), plugin_modules)
     _print_findings(cfg)
     click.echo(f"{config}: valid; layout {cfg.layout.product()}")
 
@@ -95,16 +97,18 @@ def validate(ctx, config, world_size, num_processes):
 @click.option("--hostfile", type=click.Path(path_type=Path), help="World size = the hostfile's total slots.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the JSON here instead of stdout.")
 @click.option("--explain", is_flag=True, help="Explain every key and the layout (on stderr).")
+@click.option("--plugin-module", "plugin_modules", multiple=True, metavar="NAME",
+              help="Allow this `plugins:` entry to be imported on every rank (repeatable).")
 @click.pass_context
 @user_errors
-def translate(ctx, config, world_size, num_processes, num_machines, hostfile, output, explain):
+def translate(ctx, config, world_size, num_processes, num_machines, hostfile, output, explain, plugin_modules):
     """Print the DeepSpeed JSON that `ds-tp train` would run for CONFIG."""
     from ds_tp.config import load_config
     from ds_tp.device import probe_without_torch
     from ds_tp.ds_config import build_ds_config
 
     world = world_size_from(world_size, num_processes, num_machines, hostfile)
-    cfg = load_config(config, ctx.args, world)
+    cfg = load_config(config, ctx.args, world, plugin_modules)
     _print_findings(cfg)
     device = probe_without_torch()
     translation, warnings = build_ds_config(cfg, device)
@@ -143,10 +147,12 @@ def translate(ctx, config, world_size, num_processes, num_machines, hostfile, ou
 @click.option("--overwrite", is_flag=True, help="Replace a previous run in output_dir.")
 @click.option("--dry-run", is_flag=True, help="Prepare and print the plan, layout and sharding; do not launch.")
 @click.option("--print-command", is_flag=True, help="Print the launcher command instead of running it.")
+@click.option("--plugin-module", "plugin_modules", multiple=True, metavar="NAME",
+              help="Allow this `plugins:` entry to be imported on every rank (repeatable).")
 @click.pass_context
 @user_errors
 def train(ctx, config, num_processes, launcher, num_machines, machine_rank, main_process_ip, main_process_port,
-          hostfile, multinode_runner, use_profiler, overwrite, dry_run, print_command):
+          hostfile, multinode_runner, use_profiler, overwrite, dry_run, print_command, plugin_modules):
     """Train CONFIG: prepare data here, then launch ranks with the deepspeed launcher (or torchrun)."""
     from ds_tp.launch.command import LaunchSpec, free_port, launcher_command, rank_environment
     from ds_tp.launch.run import run_launcher
@@ -162,7 +168,7 @@ def train(ctx, config, num_processes, launcher, num_machines, machine_rank, main
                       hostfile=str(hostfile.resolve()) if hostfile else None, runner=multinode_runner)
     cfg, plan, plan_path, world, device = prepare_training(
         config, ctx.args, num_processes, use_profiler=use_profiler, overwrite=overwrite, notify=_print_findings,
-        machine_rank=machine_rank or 0, hostfile=hostfile)
+        machine_rank=machine_rank or 0, hostfile=hostfile, plugin_modules=plugin_modules)
     spec.world = world
     spec.check()
     if not spec.master_port:

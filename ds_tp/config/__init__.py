@@ -27,6 +27,7 @@ class Config:
     warnings: list[Problem] = field(default_factory=list)
     notices: list[Problem] = field(default_factory=list)
     user_deepspeed: dict | None = None
+    plugin_modules: list[str] = field(default_factory=list)  # plugins the command line allowed to import
 
     def where(self, path: tuple) -> str:
         return locate(self.source, self.marks, path)
@@ -48,7 +49,8 @@ def to_problem(source: Path, marks: dict, finding: Finding) -> Problem:
                    key=format_key_path(finding.path), hint=finding.hint)
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple = (), world_size: int | None = None) -> Config:
+def load_config(path: str | Path, overrides: list[str] | tuple = (), world_size: int | None = None,
+                plugin_modules: tuple | list = ()) -> Config:
     source = Path(path)
     data, marks = load_yaml_with_marks(source)
     apply_overrides(data, marks, parse_overrides(list(overrides)))
@@ -61,6 +63,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple = (), world_size:
     bad |= {f.path[0] for f in findings if f.level == "error" and f.path}
     findings += rules.normalise(data, bad, top_level_defaults())
     findings += rules.cross_field(data, bad)
+    if "plugins" not in bad:
+        from ds_tp.plugins import plugin_findings
+        findings += plugin_findings(data, plugin_modules)
     layout = None
     if not bad & {"dp_replicate_size", "dp_shard_size", "tensor_parallel_size", "context_parallel_size"}:
         layout, layout_findings = resolve_layout(data, world_size)
@@ -74,6 +79,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple = (), world_size:
         raise UserError(errors)
     assert layout is not None
     return Config(values=data, source=source, layout=layout, marks=marks, user_deepspeed=user_ds,
+                  plugin_modules=[p for p in data.get("plugins") or [] if p in plugin_modules],
                   warnings=[to_problem(source, marks, f) for f in findings if f.level == "warning"],
                   notices=[to_problem(source, marks, f) for f in findings if f.level == "notice"])
 

@@ -37,6 +37,7 @@ class RunPlan:
     resume_from: str | None = None
     use_profiler: bool = False
     notes: list[str] = field(default_factory=list)
+    plugin_modules: list[str] = field(default_factory=list)
 
     def write(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -170,4 +171,5 @@ def build_plan(cfg: Config, *, device: dict, resume_from: str | None, use_profil
                    total_steps=total, logging_steps=logging_steps,
                    save_steps=every(values, "save_steps", "saves_per_epoch", steps_per_epoch),
                    eval_steps=every(values, "eval_steps", "evals_per_epoch", steps_per_epoch) if prepared.eval_rows
-                   else None, resume_from=resume_from, use_profiler=use_profiler, notes=notes)
+                   else None, resume_from=resume_from, use_profiler=use_profiler, notes=notes,
+                   plugin_modules=cfg.plugin_modules)

@@ -11,7 +11,8 @@ from ds_tp.launch.plan import PLAN_DIR, existing_checkpoints
 
 
 def prepare_training(config: Path, overrides, num_processes: int | None, *, use_profiler: bool = False,
-                     overwrite: bool = False, notify=None, machine_rank: int = 0, hostfile: Path | None = None):
+                     overwrite: bool = False, notify=None, machine_rank: int = 0, hostfile: Path | None = None,
+                     plugin_modules: tuple = ()):
     """Everything before the launcher: (cfg, plan, plan_path, world, device). Shared by `train` and tests.
 
     On machine ranks > 0 the output_dir check is machine 0's job: a sibling node of the same run
@@ -22,7 +23,7 @@ def prepare_training(config: Path, overrides, num_processes: int | None, *, use_
 
     device = probe_with_torch()
     world = choose_world_size(config, overrides, num_processes, device["count"])
-    cfg = load_config(config, overrides, world)
+    cfg = load_config(config, overrides, world, plugin_modules)
     if notify:
         notify(cfg)
     if hostfile:

@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = bool(device["tf32"]) if tf32 == "auto" else bool(tf32)
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32
 
+    from ds_tp.plugins import apply_liger, call_hook, load_plugins
+    plugins = load_plugins(plan.plugin_modules)
+    call_hook(plugins, "pre_model_load", cfg)
+    apply_liger(cfg, device["accelerator"], log)
     attn = attention_for(cfg, device["accelerator"], log)
     if layout.cp > 1 and attn == "sdpa":
         from ds_tp.train.attention import register_packed_sdpa
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     attach_sequence_parallel(mesh, plan.model_path, attn, plan.ds_config["train_micro_batch_size_per_gpu"],
                              int(cfg["sequence_len"]))
     model, keep_alive = load_model(plan, mesh, plan.ds_config, attn)
+    call_hook(plugins, "post_model_load", cfg, model)
     model_cfg = model.config
     n_embed = model_cfg.vocab_size * model_cfg.hidden_size
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())

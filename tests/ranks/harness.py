@@ -16,9 +16,10 @@ SHARP = ["--optimizer", "sgd", "--lr-scheduler", "constant", "--learning-rate", 
 
 
 def train(out: Path, overrides: list[str], num_processes: int, config: Path = QUICKSTART,
-          timeout: float = 400, use_profiler: bool = False) -> list[dict]:
+          timeout: float = 400, use_profiler: bool = False, plugin_modules: tuple = ()) -> list[dict]:
     overrides = [*overrides, "--output-dir", str(out), "--dataset-prepared-path", str(out.parent / "prepared")]
-    _, plan, plan_path, world, _ = prepare_training(config, overrides, num_processes, use_profiler=use_profiler)
+    _, plan, plan_path, world, _ = prepare_training(config, overrides, num_processes, use_profiler=use_profiler,
+                                                    plugin_modules=plugin_modules)
     run_ranks(worker_main, world, ["--plan", str(plan_path)], timeout=timeout)
     return read_metrics(out)
 

@@ -1,7 +1,7 @@
 """Eval loss, checkpoint rotation and the profiler trace, on 2 spawned ranks (ZeRO-3)."""
 import json
 
-from tests.ranks.harness import read_metrics, train
+from tests.ranks.harness import QUICKSTART, read_metrics, train
 
 
 def test_eval_rotation_profiler(tmp_path):
@@ -40,3 +40,15 @@ def test_bf16_on_one_device_uses_torch_autocast(tmp_path):
     assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and "bf16" not in ds
     losses = [r["loss"] for r in rows]
     assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+def test_an_allowed_plugin_gets_its_hooks_on_every_rank(tmp_path, write_config):
+    """`--plugin-module` lets each rank import a plugins: entry and call its Axolotl hooks."""
+    probe = "tests.fixtures.plugin_probe.ProbePlugin"
+    config = write_config(QUICKSTART.read_text() + f"plugins:\n  - {probe}\n", "plugin.yaml")
+    out = tmp_path / "run"
+    train(out, ["--max-steps", "1", "--sequence-len", "64"], 2, config=config, plugin_modules=(probe,))
+    for rank in (0, 1):
+        hooks = [json.loads(x) for x in (out / f"plugin-rank{rank}.jsonl").read_text().splitlines()]
+        assert hooks == [{"hook": "pre_model_load", "detail": None},
+                         {"hook": "post_model_load", "detail": "LlamaForCausalLM"}]
