@@ -76,7 +76,7 @@ class Trainer:
         """(sum of this rank's token losses, differentiable; same summed over the CP group)."""
         batch = collate(rows, self.pad_id, multiple_of=self.layout.cp, pad_to=self.pad_to)
         batch = shard_sequence(batch, self.mesh.coords["cp"], self.layout.cp)
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+        batch = self._to_device(batch)
         shift = batch.pop("shift_labels")
         if self.head_weight is not None:  # chunked: the model stops at the hidden states
             out = self.engine(**batch, use_cache=False, output_hidden_states=True,
@@ -93,6 +93,13 @@ class Trainer:
             import torch.distributed.nn.functional as dnn
             return local, dnn.all_reduce(local, group=self.mesh.sp_group)
         return local, local
+
+    def _to_device(self, batch: dict) -> dict:
+        """On CUDA: pinned host memory and a non-blocking copy. A copy from pageable memory waits for
+        the device to drain first, a sync per micro-batch that would stop the host from running ahead."""
+        if self.device.type != "cuda":
+            return {k: v.to(self.device) for k, v in batch.items()}
+        return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _rows(self, dataset, indices) -> list[dict]:
         return [dataset[int(i)] for i in indices]

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                           if p.requires_grad],
                                            config=plan.ds_config, mpu=mesh.mpu)
     engine.train()  # from_pretrained returns eval mode: gradient checkpointing and dropout would be off
+    compile_model(engine, cfg, device["accelerator"], log)
     log(f"layout {layout.product()}; effective batch {plan.global_batch} sequences "
         f"(micro {engine.train_micro_batch_size_per_gpu()} x gas {engine.gradient_accumulation_steps()} x dp "
         f"{layout.dp}); ZeRO stage {engine.zero_optimization_stage()}; precision {plan.precision}; attention {attn}")
@@ -105,6 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     import deepspeed.comm as dist
     dist.barrier()
     return 0
+
+
+def compile_model(engine, cfg: dict, accelerator: str, log) -> None:
+    """torch_compile (Axolotl's keys) through DeepSpeed's engine.compile: the module is compiled in
+    place, so parameter names, checkpoints and the export are unchanged. "auto": on CUDA only."""
+    wanted = cfg.get("torch_compile")
+    if not wanted or (wanted == "auto" and accelerator != "cuda"):
+        return
+    backend = cfg.get("torch_compile_backend") or "inductor"
+    kwargs = {"mode": cfg["torch_compile_mode"]} if cfg.get("torch_compile_mode") else {}
+    engine.compile(backend=backend, compile_kwargs=kwargs)
+    log(f"torch_compile: model compiled with backend {backend}" + (f", mode {kwargs['mode']}" if kwargs else "")
+        + " (the first steps include compilation)")
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -35,3 +35,12 @@ def test_training_losses_match_the_standard_loss(tmp_path, world):
     assert len(plain) == len(chunked) == 4
     assert max(abs(a - b) for a, b in zip(plain, chunked)) < 1e-4, (plain, chunked)
     assert plain[-1] < plain[0]
+
+
+def test_torch_compile_trains_the_same(tmp_path):
+    """torch_compile goes through engine.compile; the eager backend (no C++ build) must not change a loss."""
+    extra = ["--dp-shard-size", "1", "--max-steps", "3"]
+    plain = losses(train(tmp_path / "eager", [*SHARP, *extra], 1))
+    compiled = losses(train(tmp_path / "compiled", [*SHARP, *extra, "--torch-compile", "--torch-compile-backend",
+                                                    "eager"], 1))
+    assert max(abs(a - b) for a, b in zip(plain, compiled)) < 1e-5, (plain, compiled)
