@@ -10,6 +10,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+NOTES = """\
+## Preemption and the launcher's kill timer
+
+`ds-tp train` runs the deepspeed launcher (or torchrun) in the user's process group, so a scheduler's
+SIGTERM reaches ds-tp, the launcher and every rank at once. The launcher then SIGTERMs each rank
+again and SIGKILLs whatever is left 30 s later (`terminate_process_tree` in deepspeed's launch.py;
+torchrun's agent behaves the same way). The ranks stop at the next step boundary they agree on
+(an asynchronous all-reduce over a CPU gloo group, read one boundary later) and save a checkpoint only
+when the seconds since the signal, one more step and the last save's duration fit in
+`preemption_grace_period` (default 25 s, under the 30 s timer; a longer value is warned about unless
+the ranks are signalled by something that waits longer, such as SLURM's KillWait). Otherwise they stop
+without starting a save the kill would cut short: the checkpoint before stays the last one, since
+saves are atomic (tmp-save-N renamed to checkpoint-N, `latest` written last). Either way `ds-tp train`
+exits with 75 (EX_TEMPFAIL) and names the checkpoint; `--auto-resume-from-checkpoints` continues.
+
+## Fault injection
+
+`DS_TP_FAULT_NONFINITE_STEPS=3,4` makes rank 0's loss NaN on those (1-based) steps: the tests use it to
+exercise the non-finite path (skip, count, stop after `max_nonfinite_steps` in a row) on every ZeRO
+stage. Nothing else reads it.
+"""
+
+
 def cases() -> list[dict]:
     found = []
     for path in sorted((ROOT / "tests").rglob("test_*.py")):
@@ -44,6 +67,7 @@ def main() -> None:
     for c in found:
         lines.append(f"| {c['fault']} | {c['does']} | {c['lost']} | `{c['file']}::{c['test']}` | "
                      f"{result.get(c['test'], 'not run')} |")
+    lines += ["", *NOTES.splitlines()]
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / "reliability.md").write_text("\n".join(lines) + "\n")
     print(f"wrote docs/reliability.md ({len(found)} cases)")

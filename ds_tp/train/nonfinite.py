@@ -8,6 +8,8 @@ all-reduce) and, if any rank's are non-finite, clears them and flags the optimiz
 own optimizers do (`optimizer.overflow`), so the engine counts the skip and holds the lr schedule.
 With no gradients a torch optimizer leaves every parameter and its state untouched; clipping is
 switched off for that one step because DeepSpeed's clip_grad_norm_ fails on an empty gradient list.
+Without tensor parallelism the norm the guard computed is also the one clipping needs, so StepGuard
+clips with it and DeepSpeed's own clipping (a second pass over every gradient) stays off.
 
 DS_TP_FAULT_NONFINITE_STEPS="3,4" (1-based steps) makes rank 0's loss NaN on those steps: the fault
 injection the reliability tests use to exercise this path.
@@ -29,9 +31,13 @@ def injected_fault_steps() -> set[int]:
 
 
 class StepGuard:
-    def __init__(self, engine, rank: int, limit: int):
+    def __init__(self, engine, rank: int, limit: int, tp: int = 1):
         self.engine, self.limit = engine, limit
         self.checks_grads = not hasattr(engine.optimizer, "overflow")
+        self.max_norm = 0.0
+        if self.checks_grads and tp == 1 and engine.gradient_clipping() > 0 and not engine.fp16_enabled():
+            self.max_norm = engine.gradient_clipping()
+            engine._config.gradient_clipping = 0.0  # clipped here, with the norm computed once
         self.fault_steps = injected_fault_steps() if rank == 0 else set()
         self.skipped_before = engine.skipped_steps
         self.in_a_row = 0
@@ -47,7 +53,8 @@ class StepGuard:
             return
         import deepspeed.comm as dist
         optimizer = self.engine.optimizer
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.engine.device)
         self.last_norm = norm
         bad = (~torch.isfinite(norm)).float().reshape(1)
@@ -57,6 +64,8 @@ class StepGuard:
             optimizer.overflow = True  # DeepSpeed's engine: count the skip, keep the lr schedule where it is
             self.clipping = self.engine._config.gradient_clipping
             self.engine._config.gradient_clipping = 0.0
+        elif self.max_norm:
+            torch.nn.utils.clip_grads_with_norm_(params, self.max_norm, norm, foreach=True)  # scales p.grad
 
     def after_optimizer_step(self, step: int) -> None:
         if self.checks_grads and getattr(self.engine.optimizer, "overflow", False):
