@@ -6,7 +6,9 @@ does without chunked_cross_entropy) against ds-tp's chunked fused version (ds_tp
                                             # CUDA: 8192 tokens x hidden 2048 x vocab 32000, bf16 autocast
 
 Each variant runs in its own subprocess. Peak memory is what the forward + backward of the head and
-loss add on top of their inputs: CUDA max_memory_allocated, CPU the rise of the process's peak RSS.
+loss add on top of their inputs: CUDA max_memory_allocated after a warm-up step; CPU the process's
+peak RSS over all steps minus its resident set before the first (the first step counts in the time
+too, on CPU there is no allocator to warm).
 The last line is one JSON object with both variants and the ratios chunked / standard.
 """
 from __future__ import annotations
@@ -43,13 +45,15 @@ def child(variant: str, tokens: int, hidden: int, vocab: int, chunks: int, repea
         h.grad = w.grad = None
         return loss.detach()
 
-    step()  # warm-up (allocator, kernels)
     if cuda:
+        step()  # warm-up (allocator, kernels), then the peak of the measured steps alone
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    else:  # the peak RSS is a lifetime figure: take the resident set before the first step as the base
+        with open("/proc/self/statm") as f:
+            base = int(f.read().split()[1]) * resource.getpagesize()
+        step()
     start = time.perf_counter()
     for _ in range(repeats):
         loss = step()

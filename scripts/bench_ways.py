@@ -5,7 +5,8 @@ import json
 import time
 from pathlib import Path
 
-from bench import ds_tp_window, ensure_ds_tp, hf_json_for_same_layout
+from bench import ensure_ds_tp
+from bench_report import ds_tp_window, hf_json_for_same_layout
 
 
 # --- the children ------------------------------------------------------------------------------

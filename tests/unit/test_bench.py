@@ -18,35 +18,42 @@ def bench():
     return module
 
 
+@pytest.fixture(scope="module")
+def report(bench):
+    """scripts/bench_report.py, which loading bench.py put on sys.path."""
+    import bench_report
+    return bench_report
+
+
 def run(tokens: int, seconds: float, steps: int = 4, mem: float = 1.0, **extra) -> dict:
     return {"tokens": tokens, "seconds": seconds, "steps": steps, "peak_mem_gib": mem, **extra}
 
 
-def test_ds_tp_window_skips_warmup_and_counts_real_tokens(bench):
+def test_ds_tp_window_skips_warmup_and_counts_real_tokens(report):
     step_tokens = {s: 100 for s in range(1, 7)}  # len(input_ids), what ds-tp's tokens_per_s counts
     real = {s: 80 for s in range(1, 7)}  # the same steps without padding
     rows = [{"step": 2, "tokens_per_s": 1.0},  # warm-up: never counted
             {"step": 4, "tokens_per_s": 200.0},  # 200 tokens in 1 s
             {"step": 4, "eval_loss": 3.0},
             {"step": 6, "tokens_per_s": 100.0}]  # 200 tokens in 2 s
-    tokens, seconds = bench.ds_tp_window(rows, 2, step_tokens, real)
+    tokens, seconds = report.ds_tp_window(rows, 2, step_tokens, real)
     assert tokens == 4 * 80
     assert seconds == pytest.approx(3.0)
 
 
-def test_ds_tp_window_needs_a_row_at_the_end_of_warmup(bench):
+def test_ds_tp_window_needs_a_row_at_the_end_of_warmup(report):
     with pytest.raises(ValueError, match="logging_steps"):
-        bench.ds_tp_window([{"step": 3, "tokens_per_s": 1.0}], 2, {1: 1, 2: 1, 3: 1}, {1: 1, 2: 1, 3: 1})
+        report.ds_tp_window([{"step": 3, "tokens_per_s": 1.0}], 2, {1: 1, 2: 1, 3: 1}, {1: 1, 2: 1, 3: 1})
 
 
-def test_assemble_ratios_best_round_and_failures(bench):
+def test_assemble_ratios_best_round_and_failures(report):
     results = {
         "ds_tp": [run(1000, 2.0), run(1000, 1.0)],  # best round: 1000 tok/s
         "hf_trainer": [run(1000, 1.25)],  # 800 tok/s
         "hf_trainer_zero3": [{"error": "exit 1"}],
         "torch": [run(1000, 0.5, mem=0.5)],  # 2000 tok/s
     }
-    out = bench.assemble(results, device={"name": "NVIDIA H100 80GB HBM3", "accelerator": "cuda"},
+    out = report.assemble(results, device={"name": "NVIDIA H100 80GB HBM3", "accelerator": "cuda"},
                          precision="bf16", versions={"torch": "x"}, setup={"sequence_len": 8, "micro_batch_size": 1,
                                                                            "warmup": 2, "measured": 4},
                          flops_token=1e9, peak_flops=1e12, date="2026-01-01")
@@ -63,31 +70,31 @@ def test_assemble_ratios_best_round_and_failures(bench):
                 "torch_tokens_per_s", "ds_tp_mfu", "ds_tp_peak_mem_gib", "versions"):
         assert key in out
     json.dumps(out, allow_nan=False)  # one JSON line
-    lines = bench.summary_lines(out)
+    lines = report.summary_lines(out)
     assert any("FAILED: exit 1" in line for line in lines) and any("MFU 100.0%" in line for line in lines)
 
 
-def test_no_mfu_without_a_peak(bench):
-    out = bench.assemble({"ds_tp": [run(10, 1.0)]}, device={"name": "CPU", "accelerator": "cpu"}, precision="fp32",
+def test_no_mfu_without_a_peak(report):
+    out = report.assemble({"ds_tp": [run(10, 1.0)]}, device={"name": "CPU", "accelerator": "cpu"}, precision="fp32",
                          versions={}, setup={}, flops_token=1e6, peak_flops=None, date="d")
     assert out["ds_tp_mfu"] is None and out["ds_tp_vs_hf_trainer"] is None
 
 
-def test_round_orders_alternate(bench):
-    assert bench.round_orders(["a", "b", "c"], 3) == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
+def test_round_orders_alternate(report):
+    assert report.round_orders(["a", "b", "c"], 3) == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
 
 
-def test_hf_json_is_an_unchanged_copy(bench):
+def test_hf_json_is_an_unchanged_copy(report):
     original = {"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 0}}
-    copy = bench.hf_json_for_same_layout(original)
+    copy = report.hf_json_for_same_layout(original)
     assert copy == original
     copy["zero_optimization"]["stage"] = 3
     assert original["zero_optimization"]["stage"] == 0
 
 
-def test_device_slug(bench):
-    assert bench.device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
-    assert bench.device_slug("CPU") == "cpu"
+def test_device_slug(report):
+    assert report.device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert report.device_slug("CPU") == "cpu"
 
 
 def test_zero3_json_is_axolotls(bench):
@@ -98,6 +105,6 @@ def test_zero3_json_is_axolotls(bench):
     assert bench.ZERO3_AXOLOTL["train_micro_batch_size_per_gpu"] == "auto"
 
 
-def test_paired_ratios_skip_failed_rounds(bench):
-    assert bench.paired_ratios([100.0, None, 300.0], [50.0, 10.0, 150.0]) == [2.0, 2.0]
-    assert bench.paired_ratios(None, [1.0]) == []
+def test_paired_ratios_skip_failed_rounds(report):
+    assert report.paired_ratios([100.0, None, 300.0], [50.0, 10.0, 150.0]) == [2.0, 2.0]
+    assert report.paired_ratios(None, [1.0]) == []
