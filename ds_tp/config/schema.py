@@ -138,8 +138,14 @@ def _range_hint(kind: str, value: Any) -> str:
 
 
 def _short_description(node: dict, key: str) -> str:
+    """The description's first sentence; a full stop inside brackets ("(e.g. x)") does not end it."""
     desc = node.get("properties", {}).get(key, {}).get("description", "")
-    return desc.split(". ")[0].rstrip(".") if desc else ""
+    depth = 0
+    for i, c in enumerate(desc):
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if c == "." and depth == 0 and desc[i + 1:i + 2] in (" ", ""):
+            return desc[:i]
+    return desc
 
 
 def _show(value: Any) -> str:

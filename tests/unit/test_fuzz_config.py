@@ -56,3 +56,27 @@ def test_arbitrary_files_never_crash(tmp_path, blob):
         load_config(path, (), None)
     except UserError as exc:
         assert exc.problems
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(st.sampled_from(KEYS), values, max_size=4),
+       drop=st.lists(st.sampled_from(sorted(BASE)), max_size=3))
+def test_ds_tp_validate_exits_0_or_2(tmp_path, changes, drop):
+    """fault: 300 generated configs fed to the `ds-tp validate` command itself
+    does: exit 0, or exit 2 with one line per problem naming the file; never a traceback
+    lost: nothing"""
+    from click.testing import CliRunner
+
+    from ds_tp.cli import main
+
+    data = {k: v for k, v in BASE.items() if k not in drop}
+    data.update(changes)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8", errors="surrogatepass")
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code in (0, 2), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    if result.exit_code == 2:
+        errors = [x for x in result.output.splitlines() if x and not x.startswith(("warning:", "notice:"))]
+        assert errors and all(x.startswith(f"error: {path}") for x in errors), result.output
