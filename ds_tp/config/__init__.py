@@ -62,10 +62,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple = (), world_size:
     findings += rules.exclusive(data, bad)
     bad |= {f.path[0] for f in findings if f.level == "error" and f.path}
     findings += rules.normalise(data, bad, top_level_defaults())
-    findings += rules.cross_field(data, bad)
-    if "plugins" not in bad:
+    if "plugins" not in bad:  # before cross_field: known plugins switch ds-tp settings on
         from ds_tp.plugins import plugin_findings
         findings += plugin_findings(data, plugin_modules)
+    findings += rules.cross_field(data, bad)
     layout = None
     if not bad & {"dp_replicate_size", "dp_shard_size", "tensor_parallel_size", "context_parallel_size"}:
         layout, layout_findings = resolve_layout(data, world_size)
