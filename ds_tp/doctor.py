@@ -132,7 +132,7 @@ def visible_devices(environ: dict) -> list[int] | None:
     if value is None:
         return None
     items = [v.strip() for v in value.split(",") if v.strip()]
-    return [int(v) for v in items] if all(v.isdigit() for v in items) else None
+    return [int(v) for v in items] if all(v.isascii() and v.isdigit() for v in items) else None
 
 
 def version_lines() -> list[str]:

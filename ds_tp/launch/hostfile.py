@@ -40,7 +40,7 @@ def parse_hostfile(path: str | Path) -> list[Host]:
             problems.append(Problem(f"expected 'host slots=N', got {line[:60]!r}", where=where))
             continue
         host, slots = match["host"], match["slots"]
-        if not slots.isdigit() or int(slots) < 1:
+        if not (slots.isascii() and slots.isdigit()) or int(slots) < 1:  # "²".isdigit() is True
             problems.append(Problem(f"slots must be a positive integer, got {slots!r}", where=where))
             continue
         if host in seen:

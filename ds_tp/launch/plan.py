@@ -82,9 +82,15 @@ def existing_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints (DeepSpeed wrote them through our temp-and-rename), oldest first."""
     if not output_dir.is_dir():
         return []
-    found = [p for p in output_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-             and p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / "ds_tp_state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    found = [p for p in output_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None
+             and (p / "ds_tp_state.json").is_file()]
+    return sorted(found, key=checkpoint_step)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """N of a `checkpoint-N` folder (ASCII digits only: "²".isdigit() is True but int() refuses it)."""
+    tail = path.name[len(CHECKPOINT_PREFIX):]
+    return int(tail) if path.name.startswith(CHECKPOINT_PREFIX) and tail.isascii() and tail.isdigit() else None
 
 
 def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:

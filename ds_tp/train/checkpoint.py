@@ -54,9 +54,8 @@ def save_checkpoint(engine, mesh, output_dir: Path, step: int, state: dict, keep
 
 
 def rotate(output_dir: Path, keep_last: int) -> None:
-    done = sorted((p for p in output_dir.glob(f"{PREFIX}*") if p.name[len(PREFIX):].isdigit()
-                   and (p / STATE_FILE).is_file()), key=lambda p: int(p.name[len(PREFIX):]))
-    for old in done[:-keep_last]:
+    from ds_tp.launch.plan import existing_checkpoints
+    for old in existing_checkpoints(output_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
 
 
