@@ -90,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
            "MFU not reported"))
 
     start = 0
+    scheduler = engine.lr_scheduler
+    if not plan.resume_from and getattr(scheduler, "last_batch_iteration", None) == -1:
+        # DeepSpeed's Warmup* schedules give iteration -1 and iteration 0 both the floor rate, so the
+        # first two steps would run at lr 0; one step here makes step k run at iteration k-1, as
+        # transformers' warm-up schedules do (a resume restores the saved iteration instead).
+        scheduler.step()
     if plan.resume_from:
         state = load_checkpoint(engine, mesh, Path(plan.resume_from))
         start = int(state["step"])

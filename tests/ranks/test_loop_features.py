@@ -52,3 +52,12 @@ def test_an_allowed_plugin_gets_its_hooks_on_every_rank(tmp_path, write_config):
         hooks = [json.loads(x) for x in (out / f"plugin-rank{rank}.jsonl").read_text().splitlines()]
         assert hooks == [{"hook": "pre_model_load", "detail": None},
                          {"hook": "post_model_load", "detail": "LlamaForCausalLM"}]
+
+
+def test_warmup_starts_at_zero_and_rises_every_step(tmp_path):
+    """DeepSpeed's WarmupLR gives its first two iterations the floor rate; ds-tp steps it once at the
+    start, so step k runs at (k-1)/warmup of the peak, as transformers' warm-up does."""
+    rows = train(tmp_path / "warm", ["--max-steps", "3", "--logging-steps", "1", "--sequence-len", "64",
+                                     "--dp-shard-size", "1", "--learning-rate", "0.4", "--warmup-steps", "4",
+                                     "--lr-scheduler", "constant", "--optimizer", "sgd"], 1)
+    assert [round(r["lr"], 6) for r in rows] == [0.0, 0.1, 0.2]
