@@ -57,6 +57,8 @@ def fmt(row: dict) -> str:
         parts.append(f"mem {row['peak_mem_gib']:.2f} GiB")
     if row.get("mfu") is not None:
         parts.append(f"MFU {100 * row['mfu']:.1f}%")
+    if row.get("skipped_steps"):
+        parts.append(f"{row['skipped_steps']} non-finite step(s) skipped")
     return " | ".join(parts)
 
 
