@@ -66,6 +66,10 @@ def main():
     """
 
 
+plugin_module_option = click.option(
+    "--plugin-module", "plugin_modules", multiple=True, metavar="NAME",
+    help="Allow this `plugins:` entry to be imported on every rank (repeatable).")
+
 @main.command("config-schema")
 def config_schema():
     """Print the JSON Schema of the keys ds-tp understands."""
@@ -77,8 +81,7 @@ def config_schema():
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--world-size", type=click.IntRange(min=1), help="Check the layout against this many ranks.")
 @click.option("--num-processes", type=click.IntRange(min=1), help="Total ranks over all machines.")
-@click.option("--plugin-module", "plugin_modules", multiple=True, metavar="NAME",
-              help="Allow this `plugins:` entry to be imported on every rank (repeatable).")
+@plugin_module_option
 @click.pass_context
 @user_errors
 def validate(ctx, config, world_size, num_processes, plugin_modules):
@@ -97,8 +100,7 @@ def validate(ctx, config, world_size, num_processes, plugin_modules):
 @click.option("--hostfile", type=click.Path(path_type=Path), help="World size = the hostfile's total slots.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the JSON here instead of stdout.")
 @click.option("--explain", is_flag=True, help="Explain every key and the layout (on stderr).")
-@click.option("--plugin-module", "plugin_modules", multiple=True, metavar="NAME",
-              help="Allow this `plugins:` entry to be imported on every rank (repeatable).")
+@plugin_module_option
 @click.pass_context
 @user_errors
 def translate(ctx, config, world_size, num_processes, num_machines, hostfile, output, explain, plugin_modules):
@@ -137,7 +139,8 @@ def translate(ctx, config, world_size, num_processes, num_machines, hostfile, ou
 @click.option("--num-machines", type=click.IntRange(min=1), default=1, show_default=True,
               help="Machines; with --machine-rank, run the same command once on each.")
 @click.option("--machine-rank", type=click.IntRange(min=0), help="This machine's rank (0 = the main process's).")
-@click.option("--main-process-ip", default="127.0.0.1", show_default=True, help="Address of machine rank 0.")
+@click.option("--main-process-ip", help="Address of machine rank 0 (default 127.0.0.1; with --hostfile, the "
+              "first host's own address as DeepSpeed finds it).")
 @click.option("--main-process-port", type=click.IntRange(1, 65535), help="Master port (default: a free one).")
 @click.option("--hostfile", type=click.Path(path_type=Path), help="DeepSpeed hostfile (`host slots=N`): "
               "launch every host from here through the runner.")
@@ -147,8 +150,7 @@ def translate(ctx, config, world_size, num_processes, num_machines, hostfile, ou
 @click.option("--overwrite", is_flag=True, help="Replace a previous run in output_dir.")
 @click.option("--dry-run", is_flag=True, help="Prepare and print the plan, layout and sharding; do not launch.")
 @click.option("--print-command", is_flag=True, help="Print the launcher command instead of running it.")
-@click.option("--plugin-module", "plugin_modules", multiple=True, metavar="NAME",
-              help="Allow this `plugins:` entry to be imported on every rank (repeatable).")
+@plugin_module_option
 @click.pass_context
 @user_errors
 def train(ctx, config, num_processes, launcher, num_machines, machine_rank, main_process_ip, main_process_port,
@@ -164,7 +166,8 @@ def train(ctx, config, num_processes, launcher, num_machines, machine_rank, main
     if hostfile and not num_processes:
         num_processes = hostfile_world(hostfile)
     spec = LaunchSpec(launcher=launcher, world=0, num_machines=num_machines, machine_rank=machine_rank,
-                      master_addr=main_process_ip, master_port=main_process_port or 0,
+                      master_addr=main_process_ip or (None if hostfile else "127.0.0.1"),
+                      master_port=main_process_port or 0,
                       hostfile=str(hostfile.resolve()) if hostfile else None, runner=multinode_runner)
     cfg, plan, plan_path, world, device = prepare_training(
         config, ctx.args, num_processes, use_profiler=use_profiler, overwrite=overwrite, notify=_print_findings,
@@ -200,7 +203,8 @@ def train(ctx, config, num_processes, launcher, num_machines, machine_rank, main
     stopped = read_marker(plan.output_dir)
     if stopped:
         saved = (f"saved {stopped['checkpoint']}" if not stopped.get("why_not_saved") else
-                 f"no checkpoint saved ({stopped['why_not_saved']}); the last one is {stopped['checkpoint']}")
+                 f"no checkpoint saved ({stopped['why_not_saved']}); "
+                 + (f"the last one is {stopped['checkpoint']}" if stopped["checkpoint"] else "there is none yet"))
         _err(f"ds-tp: stopped by {stopped['signal'] or 'a signal'} after step {stopped['step']}; {saved}; "
              "continue with --auto-resume-from-checkpoints")
         sys.exit(EXIT_PREEMPTED)
@@ -213,15 +217,16 @@ def train(ctx, config, num_processes, launcher, num_machines, machine_rank, main
 
 @main.command(context_settings=PASS_THROUGH)
 @click.argument("config", type=click.Path(path_type=Path))
+@plugin_module_option
 @click.pass_context
 @user_errors
-def preprocess(ctx, config):
+def preprocess(ctx, config, plugin_modules):
     """Tokenize, pack and cache CONFIG's datasets (dataset_prepared_path) ahead of training."""
     from ds_tp.config import load_config
     from ds_tp.data import prepare_datasets
     from ds_tp.launch.plan import load_tokenizer, resolve_model_path
 
-    cfg = load_config(config, ctx.args, None)
+    cfg = load_config(config, ctx.args, None, plugin_modules)
     _print_findings(cfg)
     tokenizer = load_tokenizer(resolve_model_path(cfg.values["base_model"], cfg.source.parent), cfg.values)
     prepared = prepare_datasets(cfg.values, tokenizer, config_dir=cfg.source.parent)
@@ -291,9 +296,10 @@ def _short_layout(layout) -> str:
 @click.option("--model-shape", metavar="PRESET", help="The model's shape when base_model is a hub id ds-tp does "
               "not know: tinyllama-1.1b, llama-3.1-8b, llama-3.1-70b, llama-3.1-405b.")
 @click.option("--show", default="8", show_default=True, metavar="N", help="Ranked layouts to print.")
+@plugin_module_option
 @click.pass_context
 @user_errors
-def plan(ctx, config, gpus, gpu_memory, gpus_per_node, model_shape, show):
+def plan(ctx, config, gpus, gpu_memory, gpus_per_node, model_shape, show, plugin_modules):
     """Estimate memory per GPU for CONFIG and rank the layouts that fit on --gpus GPUs."""
     from rich.console import Console
     from rich.table import Table
@@ -306,7 +312,7 @@ def plan(ctx, config, gpus, gpu_memory, gpus_per_node, model_shape, show):
         raise UserError("--gpus: required (how many GPUs to plan for)")
     gpus, mem = _positive("--gpus", gpus), _positive("--gpu-memory", gpu_memory, float)
     per_node, show = _positive("--gpus-per-node", gpus_per_node), _positive("--show", show)
-    cfg = load_config(config, ctx.args, None)
+    cfg = load_config(config, ctx.args, None, plugin_modules)
     _print_findings(cfg)
     model, source = _plan_model_shape(cfg, model_shape)
     shape = memory.ModelShape.from_config(model, source)
@@ -354,15 +360,16 @@ def plan(ctx, config, gpus, gpu_memory, gpus_per_node, model_shape, show):
 @main.command(context_settings=PASS_THROUGH)
 @click.argument("config", required=False, type=click.Path(path_type=Path))
 @click.option("--hostfile", type=click.Path(path_type=Path), help="DeepSpeed hostfile: GPUs per host = its slots.")
+@plugin_module_option
 @click.pass_context
 @user_errors
-def doctor(ctx, config, hostfile):
+def doctor(ctx, config, hostfile, plugin_modules):
     """Versions, GPUs, interconnect and environment; with CONFIG, warn about slow TP/CP placement."""
     from ds_tp.doctor import doctor_report
 
     if config is not None and str(config).startswith("-"):  # click took an override for CONFIG
         raise UserError(f"command line: {config}: overrides need a CONFIG before them")
-    for line in doctor_report(config, ctx.args, hostfile):
+    for line in doctor_report(config, ctx.args, hostfile, plugin_modules):
         click.echo(line)
 
 

@@ -177,12 +177,13 @@ def read_topology() -> tuple[list[str], Topology | None]:
     return topology_summary(topo), topo
 
 
-def doctor_report(config: Path | None, overrides: list[str], hostfile: Path | None) -> list[str]:
+def doctor_report(config: Path | None, overrides: list[str], hostfile: Path | None,
+                  plugin_modules: tuple = ()) -> list[str]:
     """Every line of the report; raises UserError for a bad CONFIG or hostfile (checked first)."""
     cfg = hosts = None
     if config is not None:
         from ds_tp.config import load_config
-        cfg = load_config(config, overrides, None)
+        cfg = load_config(config, overrides, None, plugin_modules)
     if hostfile is not None:
         from ds_tp.launch.hostfile import parse_hostfile
         hosts = {h.name: h.slots for h in parse_hostfile(hostfile)}

@@ -19,8 +19,7 @@ KNOWN = {
     LIGER: "liger_rope / liger_rms_norm / liger_glu_activation: Liger-Kernel's kernels when liger_kernel is "
            "installed on a CUDA run; liger_fused_linear_cross_entropy: ds-tp's chunked fused linear cross-entropy",
 }
-LIGER_KERNELS = {"liger_rope": "rope", "liger_rms_norm": "rms_norm", "liger_glu_activation": "swiglu",
-                 "liger_layer_norm": "layer_norm"}
+LIGER_KERNELS = {"liger_rope": "rope", "liger_rms_norm": "rms_norm", "liger_glu_activation": "swiglu"}
 
 
 def plugin_findings(data: dict, allowed: tuple | list = ()) -> list[Finding]:
@@ -42,7 +41,10 @@ def plugin_findings(data: dict, allowed: tuple | list = ()) -> list[Finding]:
         (LIGER in plugins and data.get("liger_fused_linear_cross_entropy"))
     if fused and not data.get("chunked_cross_entropy"):
         data["chunked_cross_entropy"] = True
-    for key in [*LIGER_KERNELS, "liger_fused_linear_cross_entropy", "liger_cross_entropy"]:
+    if data.get("liger_layer_norm") and LIGER in plugins:
+        found.append(Finding(("liger_layer_norm",), "ds-tp applies Liger to Llama-family models, which have no "
+                             "LayerNorm: ignored", level="warning"))
+    for key in [*LIGER_KERNELS, "liger_layer_norm", "liger_fused_linear_cross_entropy", "liger_cross_entropy"]:
         if data.get(key) and LIGER not in plugins:
             found.append(Finding((key,), f"has no effect without plugins: [{LIGER}]", level="warning"))
     if data.get("cut_cross_entropy") and CUT_CROSS_ENTROPY not in plugins:
@@ -58,7 +60,9 @@ def load_plugins(names: list[str]) -> list:
         try:
             loaded.append(importlib.import_module(name))
             continue
-        except ModuleNotFoundError:
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # the plugin's own import failed: say so, not "no attribute"
+                raise
             module_name, _, attr = name.rpartition(".")
         target = getattr(importlib.import_module(module_name), attr)
         loaded.append(target() if isinstance(target, type) else target)
@@ -87,6 +91,5 @@ def apply_liger(cfg: dict, accelerator: str, log) -> None:
     except ImportError:
         log(f"{LIGER}: liger_kernel is not installed (pip install liger-kernel); training without its kernels")
         return
-    kwargs = {k: v for k, v in wanted.items() if k != "layer_norm"}
-    apply_liger_kernel_to_llama(**kwargs, cross_entropy=False, fused_linear_cross_entropy=False)
-    log(f"{LIGER}: Liger kernels applied: {', '.join(k for k, v in kwargs.items() if v)}")
+    apply_liger_kernel_to_llama(**wanted, cross_entropy=False, fused_linear_cross_entropy=False)
+    log(f"{LIGER}: Liger kernels applied: {', '.join(k for k, v in wanted.items() if v)}")

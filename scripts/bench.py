@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -92,12 +91,6 @@ LR, LR_WARMUP, SEED = 1e-4, 4, 42
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_report import (WAYS, assemble, best_run, device_slug, round_orders, summary_lines,  # noqa: E402
                           tokens_per_s)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def versions() -> dict:
@@ -196,6 +189,8 @@ def write_config(path: Path, *, model: Path, data: Path, work: Path, run: dict, 
 
 def run_child(way: str, spec_path: Path, work: Path, threads: int, accelerator: str, timeout: float,
               from_checkout: bool) -> dict:
+    from ds_tp.launch.command import free_port
+
     result_path = work / f"result-{way}.json"
     result_path.unlink(missing_ok=True)
     log_path = work / f"log-{way}.txt"
@@ -293,9 +288,7 @@ def parent(args) -> int:
     batches = BatchPlan(rows=plan.train_rows, micro=run["micro_batch_size"], gas=1, dp=1, seed=SEED,
                         steps_per_epoch=plan.steps_per_epoch)
     order = [[int(i) for i in batches.global_rows(s)] for s in range(total)]
-    padded = [len(x) for x in train_rows["input_ids"]]
     real = list(train_rows["length"])
-    step_tokens = {s + 1: sum(padded[i] for i in rows) for s, rows in enumerate(order)}
     step_real = {s + 1: sum(real[i] for i in rows) for s, rows in enumerate(order)}
 
     n_non_embedding = meta["n_params"] - meta["n_embedding"]
@@ -304,7 +297,7 @@ def parent(args) -> int:
     peak = peak_flops(device["name"], plan.precision) if cuda else None
     spec = {"plan_path": str(plan_path), "model_path": str(work / "model"), "prepared_path": plan.prepared_path,
             "ds_config": ds_json, "zero3_config": ZERO3_AXOLOTL, "precision": plan.precision, "order": order,
-            "step_tokens": step_tokens, "step_real_tokens": step_real, "warmup": run["warmup"], "total": total,
+            "step_real_tokens": step_real, "warmup": run["warmup"], "total": total,
             "pad_id": _pad_id(plan), "lr": LR, "lr_warmup": LR_WARMUP, "seed": SEED, "work": str(work),
             "micro": run["micro_batch_size"], "threads": threads}
     spec_path = work / "spec.json"
@@ -381,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
+        ensure_ds_tp()  # the parent put a checkout on PYTHONPATH where ds-tp is not installed
         from bench_ways import child  # the child side lives beside this file
         return child(args.child, Path(args.spec), Path(args.result))
     return parent(args)

@@ -5,20 +5,28 @@ does without chunked_cross_entropy) against ds-tp's chunked fused version (ds_tp
     python scripts/bench_loss.py            # CPU: 2048 tokens x hidden 256 x vocab 32000, fp32
                                             # CUDA: 8192 tokens x hidden 2048 x vocab 32000, bf16 autocast
 
-Each variant runs in its own subprocess. Peak memory is what the forward + backward of the head and
-loss add on top of their inputs: CUDA max_memory_allocated after a warm-up step; CPU the process's
-peak RSS over all steps minus its resident set before the first (the first step counts in the time
-too, on CPU there is no allocator to warm).
-The last line is one JSON object with both variants and the ratios chunked / standard.
+Each variant runs in its own subprocess; time is the mean of --repeats steps after a first one.
+Peak memory is what forward + backward of the head and loss add on top of their inputs: CUDA
+max_memory_allocated over the timed steps, after a warm-up step; CPU the peak resident set (VmHWM,
+reset through /proc/self/clear_refs) over all steps, first included, minus the resident set before
+it (a warm-up would leave its freed memory in the heap and hide what a step needs). The last line is
+one JSON object with both variants and the ratios chunked / standard.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+
+def _proc_status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def child(variant: str, tokens: int, hidden: int, vocab: int, chunks: int, repeats: int) -> dict:
@@ -46,22 +54,23 @@ def child(variant: str, tokens: int, hidden: int, vocab: int, chunks: int, repea
         return loss.detach()
 
     if cuda:
-        step()  # warm-up (allocator, kernels), then the peak of the measured steps alone
+        step()  # warm-up (allocator, kernels); memory below covers the measured steps only
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:  # the peak RSS is a lifetime figure: take the resident set before the first step as the base
-        with open("/proc/self/statm") as f:
-            base = int(f.read().split()[1]) * resource.getpagesize()
-        step()
+    else:
+        # No warm-up for memory on CPU: memory freed by an earlier step stays in the heap and would
+        # hide what a step needs. Reset the kernel's peak-RSS mark (VmHWM), then the first step counts.
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _proc_status_bytes("VmRSS")
+        step()  # (not timed)
     start = time.perf_counter()
     for _ in range(repeats):
         loss = step()
     if cuda:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / repeats
-    peak = (torch.cuda.max_memory_allocated() if cuda
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - base
+    peak = (torch.cuda.max_memory_allocated() if cuda else _proc_status_bytes("VmHWM")) - base
     return {"variant": variant, "device": torch.cuda.get_device_name() if cuda else "cpu", "seconds": seconds,
             "extra_peak_mib": peak / 2**20, "loss": float(loss)}
 

@@ -2,31 +2,23 @@
 (tested in tests/unit/test_bench.py without training anything)."""
 from __future__ import annotations
 
-import json
 import re
 
+from ds_tp.train.flops import mfu
+
 WAYS = ("ds_tp", "hf_trainer", "hf_trainer_zero3", "torch")
+
 
 def device_slug(name: str) -> str:
     """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'; 'CPU' stays 'cpu'."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
 
 
-def hf_json_for_same_layout(ds_config: dict) -> dict:
-    """The JSON ds-tp emitted, as HF Trainer is given it. Nothing needs changing: HF accepts concrete
-    values wherever they equal its TrainingArguments (batch, gas, clipping, lr, betas, eps, weight
-    decay, bf16, scheduler steps), and bench sets those arguments from this very JSON. A copy, so HF
-    filling it in place never touches the original."""
-    return json.loads(json.dumps(ds_config))
-
-
-def ds_tp_window(rows: list[dict], warmup: int, step_tokens: dict[int, int], step_real_tokens: dict[int, int]
-                 ) -> tuple[int, float]:
+def ds_tp_window(rows: list[dict], warmup: int, step_real_tokens: dict[int, int]) -> tuple[int, float]:
     """(real tokens, seconds) of the measured steps from ds-tp's metrics rows.
 
     ds-tp logs every `warmup` steps; each row's tokens_per_s covers the steps since the previous row
-    and counts len(input_ids) per row (step_tokens). Its seconds are tokens / tokens_per_s; the real
-    tokens of the same steps (step_real_tokens) are then divided by those seconds, as for every way."""
+    and counts their real (non-padding) tokens, so its seconds are those tokens / tokens_per_s."""
     seconds, real = 0.0, 0
     previous = warmup
     train_rows = sorted((r for r in rows if "tokens_per_s" in r), key=lambda r: r["step"])
@@ -35,10 +27,9 @@ def ds_tp_window(rows: list[dict], warmup: int, step_tokens: dict[int, int], ste
     for row in train_rows:
         if row["step"] <= warmup:
             continue
-        steps = range(previous + 1, row["step"] + 1)  # 1-based step numbers
-        counted = sum(step_tokens[s] for s in steps)
+        counted = sum(step_real_tokens[s] for s in range(previous + 1, row["step"] + 1))  # 1-based steps
         seconds += counted / row["tokens_per_s"]
-        real += sum(step_real_tokens[s] for s in steps)
+        real += counted
         previous = row["step"]
     if real == 0:
         raise ValueError("no measured steps in ds-tp's metrics")
@@ -73,7 +64,8 @@ def assemble(results: dict[str, list[dict]], *, device: dict, precision: str, ve
         tps = tokens_per_s(r)
         out[f"{way}_tokens_per_s"] = round(tps, 2)
         out[f"{way}_s_per_step"] = round(r["seconds"] / r["steps"], 5)
-        out[f"{way}_mfu"] = None if not peak_flops else round(tps * flops_token / peak_flops, 4)
+        way_mfu = mfu(tps, flops_token, peak_flops)  # world 1: tokens/s is per device
+        out[f"{way}_mfu"] = None if way_mfu is None else round(way_mfu, 4)
         out[f"{way}_peak_mem_gib"] = round(r["peak_mem_gib"], 3)
         if r.get("process_max_rss_gib") is not None:
             out[f"{way}_process_max_rss_gib"] = round(r["process_max_rss_gib"], 3)

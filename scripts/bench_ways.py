@@ -1,23 +1,22 @@
 """The child side of scripts/bench.py: each way trains in its own process (`bench.py --child WAY`)."""
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
 
-from bench import ensure_ds_tp
-from bench_report import ds_tp_window, hf_json_for_same_layout
+from bench_report import ds_tp_window
 
 
 # --- the children ------------------------------------------------------------------------------
 
 def _peak_mem_gib() -> float:
-    import resource
-
+    """The figure ds-tp's own metrics report (ds_tp.train.loop.peak_memory_gib), for every way."""
     import torch
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+    from ds_tp.train.loop import peak_memory_gib
+    return peak_memory_gib(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _sync() -> None:
@@ -53,12 +52,12 @@ def child_ds_tp(spec: dict) -> dict:
         raise RuntimeError(f"ds-tp worker exited {rc}")
     plan = json.loads(Path(spec["plan_path"]).read_text())
     rows = [json.loads(line) for line in (Path(plan["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
-    step_tokens = {int(k): v for k, v in spec["step_tokens"].items()}
     step_real = {int(k): v for k, v in spec["step_real_tokens"].items()}
-    tokens, seconds = ds_tp_window(rows, spec["warmup"], step_tokens, step_real)
+    tokens, seconds = ds_tp_window(rows, spec["warmup"], step_real)
     last = max((r for r in rows if "tokens_per_s" in r), key=lambda r: r["step"])
     return {"tokens": tokens, "seconds": seconds, "steps": spec["total"] - spec["warmup"],
-            "cpu_seconds": cpu_at[spec["total"]] - cpu_at[spec["warmup"]], "peak_mem_gib": last["peak_mem_gib"], "final_loss": last["loss"], "ds_tp_reported_mfu": last.get("mfu")}
+            "cpu_seconds": cpu_at[spec["total"]] - cpu_at[spec["warmup"]], "peak_mem_gib": last["peak_mem_gib"],
+            "final_loss": last["loss"]}
 
 
 def _collate_hf(rows: list[dict], pad_id: int) -> dict:
@@ -86,10 +85,10 @@ def child_hf(spec: dict, zero3: bool) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     bf16 = spec["precision"] == "bf16"
     if zero3:
-        ds = json.loads(json.dumps(spec["zero3_config"]))
+        ds = copy.deepcopy(spec["zero3_config"])
         optim = "adamw_torch_fused" if cuda else "adamw_torch"  # ds-tp's adamw_torch_fused: fused on CUDA only
     else:
-        ds = hf_json_for_same_layout(spec["ds_config"])
+        ds = copy.deepcopy(spec["ds_config"])  # the very JSON ds-tp wrote; HF fills it in place
         optim = "adamw_torch"  # unused: the JSON's optimizer block makes DeepSpeed build the optimizer
     opt = spec["ds_config"]["optimizer"]["params"]
     sched = spec["ds_config"].get("scheduler", {}).get("params", {})
@@ -182,11 +181,11 @@ def child_torch(spec: dict) -> dict:
     loss_value = None
     for step in range(total):
         batch = collate([rows[i] for i in spec["order"][step]], spec["pad_id"])
-        ids, pos, shift = (batch[k].to(device, non_blocking=True) for k in ("input_ids", "position_ids",
-                                                                            "shift_labels"))
+        n = max(1, int((batch["shift_labels"] != -100).sum()))  # on the host: no device sync
+        ids, pos, shift = (batch[k].pin_memory().to(device, non_blocking=True) if cuda else batch[k]
+                           for k in ("input_ids", "position_ids", "shift_labels"))  # as ds-tp's loop copies
         with autocast:
             logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits
-        n = max(1, int((shift != -100).sum()))
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift.reshape(-1), ignore_index=-100,
                                reduction="sum") / n
         loss.backward()
@@ -208,7 +207,6 @@ def child_torch(spec: dict) -> dict:
 
 
 def child(way: str, spec_path: Path, result_path: Path) -> int:
-    ensure_ds_tp()
     spec = json.loads(spec_path.read_text())
     import torch
     torch.set_num_threads(int(spec["threads"]))

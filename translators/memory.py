@@ -227,13 +227,15 @@ class Ranked:
     why: str
 
 
-def candidate_layouts(shape: ModelShape, seq: int, gpus: int) -> list[Layout]:
-    """dp_replicate x dp_shard x tp x cp = gpus with tp, cp powers of two, tp x cp <= 8, runnable by
-    the model's shape (TP together with CP included: ds-tp composes them)."""
+def candidate_layouts(shape: ModelShape, seq: int, gpus: int, per_node: int | None = None) -> list[Layout]:
+    """dp_replicate x dp_shard x tp x cp = gpus with tp, cp powers of two, tp x cp <= 8 and inside one
+    node (the hostfile check refuses a TP/CP group split over hosts), runnable by the model's shape
+    (TP together with CP included: ds-tp composes them)."""
     out = []
+    node = min(gpus, per_node or gpus)
     for tp in (1, 2, 4, 8):
         for cp in (1, 2, 4, 8):
-            if tp * cp > min(MAX_TP_CP, gpus) or gpus % (tp * cp):
+            if tp * cp > min(MAX_TP_CP, node) or gpus % (tp * cp) or node % (tp * cp):
                 continue
             if layout_problems(shape, tp, cp, seq):
                 continue
@@ -275,7 +277,7 @@ def all_layouts(model: dict | ModelShape, cfg: dict, gpus: int, gpu_memory_gib: 
     gpu_bytes = gpu_memory_gib * GIB
     node = min(gpus, gpus_per_node)
     ranked = []
-    for lay in candidate_layouts(shape, int(cfg.get("sequence_len", 512)), gpus):
+    for lay in candidate_layouts(shape, int(cfg.get("sequence_len", 512)), gpus, node):
         est = estimate_memory(shape, cfg, lay, device=device)
         ranked.append(Ranked(est, est.total <= gpu_bytes, est.total <= (1 - MARGIN) * gpu_bytes,
                              _why(est, gpu_bytes, node)))
@@ -284,7 +286,7 @@ def all_layouts(model: dict | ModelShape, cfg: dict, gpus: int, gpu_memory_gib: 
         lay = r.estimate.layout
         if not r.fits:  # closest misses first
             return (True, True, r.estimate.total)
-        in_node = lay.dp_shard > 1 and lay.dp_shard * lay.tp * lay.cp == node
+        in_node = lay.dp_shard > 1 and lay.dp_shard * lay.tp * lay.cp <= node  # as _why says
         return (False, not r.comfortable, lay.tp * lay.cp, lay.cp > 1, not in_node, lay.dp_replicate,
                 r.estimate.total)
     return sorted(ranked, key=key)

@@ -70,6 +70,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple = (), world_size:
     if not bad & {"dp_replicate_size", "dp_shard_size", "tensor_parallel_size", "context_parallel_size"}:
         layout, layout_findings = resolve_layout(data, world_size)
         findings += layout_findings
+        if layout is not None:
+            findings += rules.layout_findings(data, layout)
     if layout is not None and not any(f.level == "error" for f in findings):
         findings += rules.model_shape_checks(data, layout, source.parent)
     user_ds, ds_findings = _user_deepspeed(data, source.parent, bad)

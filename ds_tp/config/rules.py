@@ -128,12 +128,6 @@ def cross_field(data: dict, bad: set[str]) -> list[Finding]:
         for key in ("eval_steps", "evals_per_epoch"):
             if data.get(key) and not data.get("test_datasets"):
                 found.append(Finding((key,), "has no effect without val_set_size or test_datasets", level="warning"))
-    sharded_head = [f"{k} {data.get(k)}" for k in ("dp_shard_size", "tensor_parallel_size")
-                    if isinstance(data.get(k), int) and data.get(k) > 1]
-    if data.get("chunked_cross_entropy") and sharded_head and not bad & {"dp_shard_size", "tensor_parallel_size"}:
-        found.append(Finding(("chunked_cross_entropy",), f"has no effect with {' and '.join(sharded_head)}: the LM head "
-                             "is ZeRO-3-partitioned or TP-split there, and ds-tp keeps the standard loss",
-                             "it applies at dp_shard_size 1 without tensor parallelism", level="warning"))
     grace = data.get("preemption_grace_period")
     if isinstance(grace, (int, float)) and grace > 30 and "preemption_grace_period" not in bad:
         found.append(Finding(("preemption_grace_period",), f"{grace} s is longer than the 30 s after which the "
@@ -141,6 +135,16 @@ def cross_field(data: dict, bad: set[str]) -> list[Finding]:
                              "keep it under 30 s unless the ranks are signalled by a scheduler that waits longer",
                              level="warning"))
     return found
+
+
+def layout_findings(data: dict, layout) -> list[Finding]:
+    """Rules that need the resolved layout (dp_shard may be inferred from the world size)."""
+    sharded = [f"{name} {n}" for name, n in (("dp_shard", layout.dp_shard), ("tp", layout.tp)) if n > 1]
+    if data.get("chunked_cross_entropy") and sharded:
+        return [Finding(("chunked_cross_entropy",), f"has no effect with {' and '.join(sharded)}: the LM head is "
+                        "ZeRO-3-partitioned or TP-split there, and ds-tp keeps the standard loss",
+                        "it applies at dp_shard_size 1 without tensor parallelism", level="warning")]
+    return []
 
 
 def model_shape_checks(data: dict, layout, config_dir: Path) -> list[Finding]:

@@ -31,7 +31,7 @@ class LaunchSpec:
     world: int
     num_machines: int = 1
     machine_rank: int | None = None
-    master_addr: str = "127.0.0.1"
+    master_addr: str | None = "127.0.0.1"  # None with a hostfile: DeepSpeed asks the first host
     master_port: int = 0
     hostfile: str | None = None  # the user's, for the runner's own multi-node launch
     runner: str = "pdsh"
@@ -62,13 +62,14 @@ def launcher_command(spec: LaunchSpec, plan_path: str, scratch: Path) -> list[st
     if spec.launcher == "torchrun":
         nodes = ["--nnodes", str(spec.num_machines), "--node_rank", str(spec.machine_rank or 0)]
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(spec.per_node), *nodes,
-                "--master_addr", spec.master_addr, "--master_port", port, "-m", WORKER_MODULE, *worker]
+                "--master_addr", spec.master_addr or "127.0.0.1", "--master_port", port, "-m", WORKER_MODULE, *worker]
     base = [sys.executable, "-m", "deepspeed.launcher.runner"]
-    tail = ["--master_addr", spec.master_addr, "--master_port", port, "--no_local_rank", "--module", WORKER_MODULE,
-            *worker]
+    addr = ["--master_addr", spec.master_addr] if spec.master_addr else []
+    tail = [*addr, "--master_port", port, "--no_local_rank", "--module", WORKER_MODULE, *worker]
     if spec.hostfile:
-        # --no_ssh_check: ds-tp checked every host itself (ssh_check.py), DeepSpeed checks only the first
-        return [*base, "--hostfile", spec.hostfile, "--launcher", spec.runner, "--no_ssh_check", *tail]
+        # --no_ssh_check: with pdsh ds-tp checked every host itself (ssh_check.py); DeepSpeed checks only the first
+        skip = ["--no_ssh_check"] if spec.runner == "pdsh" else []
+        return [*base, "--hostfile", spec.hostfile, "--launcher", spec.runner, *skip, *tail]
     if spec.num_machines > 1:
         # deepspeed's per-node mode reads the node list from a hostfile; names are placeholders
         # (--no_ssh: nothing connects to them), slots give every node's rank count.

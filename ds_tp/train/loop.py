@@ -55,9 +55,10 @@ class Trainer:
             engine.enable_backward_allreduce = False
         self.head_weight = self._chunked_head(cfg)
         self.no_positions = torch.zeros(0, dtype=torch.long, device=self.device)
-        autocast = plan.ds_config.get("torch_autocast", {})
-        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) \
-            if autocast.get("enabled") else nullcontext
+        autocast = plan.ds_config.get("torch_autocast", {})  # the chunked loss runs outside engine.forward
+        dtype = getattr(torch, str(autocast.get("dtype", "bfloat16")).removeprefix("torch."))
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if autocast.get("enabled") \
+            else nullcontext
 
     def _chunked_head(self, cfg):
         """The LM head's weight when the chunked cross-entropy applies, else None (with the reason logged)."""

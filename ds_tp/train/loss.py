@@ -35,7 +35,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
             g = torch.exp(logits - lse[:, None])
             g[torch.arange(g.shape[0], device=g.device), target] -= 1.0
             g *= valid[:, None]
-            g = g.to(h.dtype) if not torch.is_autocast_enabled() else g
+            g = g.to(h.dtype)  # under autocast the matmuls below run in its dtype anyway
             grad_h[start:start + chunk] = (g @ weight).to(grad_h.dtype)
             grad_w += (g.t() @ h).float()
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))

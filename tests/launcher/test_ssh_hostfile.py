@@ -52,7 +52,7 @@ def test_pdsh_ssh_launch_matches_one_machine(sshd, tmp_path, monkeypatch):
     monkeypatch.setenv("PDSH_SSH_ARGS_APPEND", sshd)
     out = tmp_path / "two"
     code, log = ds_tp("train", EXAMPLES / "quickstart.yaml", *args, "--hostfile", hostfile, "--output-dir", out,
-                      "--dataset-prepared-path", tmp_path / "prepared")
+                      "--dataset-prepared-path", tmp_path / "prepared", "--main-process-ip", "127.0.0.1")
     assert code == 0, log[-4000:]
     assert "pdsh -S -f 1024 -w localhost,127.0.0.1" in log
     two = losses(read_metrics(out))

@@ -27,20 +27,24 @@ def test_loss_and_gradients_equal_the_full_logits():
 
 
 @pytest.mark.parametrize("world", [1, 2], ids=["stage0", "cp2"])
-def test_training_losses_match_the_standard_loss(tmp_path, world):
+def test_training_losses_match_the_standard_loss(tmp_path, capfd, world):
     extra = ["--dp-shard-size", "1", "--max-steps", "4"] + (["--context-parallel-size", "2"] if world == 2 else [])
     plain = losses(train(tmp_path / "plain", [*SHARP, *extra], world))
+    assert "chunked_cross_entropy" not in capfd.readouterr().out
     chunked = losses(train(tmp_path / "chunked", [*SHARP, *extra, "--chunked-cross-entropy",
                                                    "--chunked-cross-entropy-num-chunks", "3"], world))
+    assert "LM head and loss fused in 3 chunks" in capfd.readouterr().out  # the chunked path ran
     assert len(plain) == len(chunked) == 4
     assert max(abs(a - b) for a, b in zip(plain, chunked)) < 1e-4, (plain, chunked)
     assert plain[-1] < plain[0]
 
 
-def test_torch_compile_trains_the_same(tmp_path):
+def test_torch_compile_trains_the_same(tmp_path, capfd):
     """torch_compile goes through engine.compile; the eager backend (no C++ build) must not change a loss."""
     extra = ["--dp-shard-size", "1", "--max-steps", "3"]
     plain = losses(train(tmp_path / "eager", [*SHARP, *extra], 1))
+    capfd.readouterr()
     compiled = losses(train(tmp_path / "compiled", [*SHARP, *extra, "--torch-compile", "--torch-compile-backend",
                                                     "eager"], 1))
+    assert "torch_compile: model compiled with backend eager" in capfd.readouterr().out
     assert max(abs(a - b) for a, b in zip(plain, compiled)) < 1e-5, (plain, compiled)

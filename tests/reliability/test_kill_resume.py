@@ -1,28 +1,11 @@
 """kill -9 of the whole job (ds-tp, launcher, ranks: one process group), then auto-resume: the losses
 logged after the resume equal an uninterrupted run's, bitwise on CPU, and metrics.jsonl reads as one run."""
-import json
-import os
-import signal
-import subprocess
-import time
-
-from tests.conftest import EXAMPLES, ROOT
-from tests.launcher.test_train_cli import DS_TP, ds_tp
+from ds_tp.launch.plan import existing_checkpoints
+from tests.conftest import EXAMPLES
+from tests.launcher.test_train_cli import ds_tp
+from tests.reliability.job import metrics, survivors, training_job, wait_for
 
 RUN = ["--max-steps", "10", "--save-steps", "2", "--logging-steps", "1", "--sequence-len", "64"]
-
-
-def metrics(out):
-    path = out / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            pass
-    return rows
 
 
 def test_kill_9_after_checkpoint_then_auto_resume(tmp_path):
@@ -36,22 +19,10 @@ def test_kill_9_after_checkpoint_then_auto_resume(tmp_path):
     reference = {r["step"]: r["loss"] for r in metrics(ref)}
 
     out = tmp_path / "killed"
-    env = dict(os.environ, PATH="/usr/bin:/bin", OMP_NUM_THREADS="1")
-    job = subprocess.Popen([DS_TP, "train", str(EXAMPLES / "quickstart.yaml"), *common, "--output-dir", str(out)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=env,
-                           start_new_session=True)  # its own group, as the user's shell gives it
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not any(r.get("step") == 5 for r in metrics(out)):
-            assert job.poll() is None, "training ended before it could be killed"
-            time.sleep(0.2)
-        assert (out / "checkpoint-4").is_dir(), list(out.iterdir())
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait(30)
-    time.sleep(1)
-    leftovers = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
-    assert not leftovers, f"processes survived the group kill: {leftovers}"
+    with training_job([*common, "--output-dir", out], tmp_path / "killed.log") as job:
+        wait_for(job, lambda: any(r.get("step") == 5 for r in metrics(out)), tmp_path / "killed.log")
+        assert [p.name for p in existing_checkpoints(out)][-1] == "checkpoint-4"
+    assert not survivors(out), "processes survived the group kill"
 
     code, log = ds_tp("train", EXAMPLES / "quickstart.yaml", *common, "--output-dir", out,
                       "--auto-resume-from-checkpoints")

@@ -3,33 +3,23 @@ checkpoint, and `ds-tp train` exits with 75; --auto-resume-from-checkpoints cont
 import json
 import os
 import signal
-import subprocess
-import time
 
-from tests.conftest import EXAMPLES, ROOT
-from tests.launcher.test_train_cli import DS_TP, ds_tp
-from tests.reliability.test_kill_resume import metrics
+from ds_tp.launch.plan import checkpoint_step
+from tests.conftest import EXAMPLES
+from tests.launcher.test_train_cli import ds_tp
+from tests.reliability.job import metrics, training_job, wait_for
 
 RUN = ["--max-steps", "12", "--logging-steps", "1", "--sequence-len", "64"]
 
 
-def _sigterm_at_step(out, common, step: int):
+def _sigterm_at_step(tmp_path, common, out, step: int):
     """Start `ds-tp train`, SIGTERM its whole process group once metrics show `step`; (exit code, log)."""
-    env = dict(os.environ, PATH="/usr/bin:/bin", OMP_NUM_THREADS="1")
-    job = subprocess.Popen([DS_TP, "train", str(EXAMPLES / "quickstart.yaml"), *common], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not any(r.get("step") == step for r in metrics(out)):
-            assert job.poll() is None, job.stdout.read()[-3000:]
-            time.sleep(0.1)
+    log_path = tmp_path / "sigterm.log"
+    with training_job(common, log_path) as job:
+        wait_for(job, lambda: any(r.get("step") == step for r in metrics(out)), log_path)
         os.killpg(job.pid, signal.SIGTERM)
-        log, _ = job.communicate(timeout=120)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
-    return job.returncode, log
+        job.wait(timeout=120)
+    return job.returncode, log_path.read_text()
 
 
 def test_sigterm_saves_then_resumes(tmp_path):
@@ -38,7 +28,7 @@ def test_sigterm_saves_then_resumes(tmp_path):
     lost: nothing: the checkpoint is the step the job stopped at"""
     out = tmp_path / "run"
     common = [*RUN, "--output-dir", str(out), "--dataset-prepared-path", str(tmp_path / "prep")]
-    code, log = _sigterm_at_step(out, common, 3)
+    code, log = _sigterm_at_step(tmp_path, common, out, 3)
     assert code == 75, log[-3000:]
     stopped = json.loads((out / "ds_tp" / "preempted.json").read_text())
     step = stopped["step"]
@@ -59,10 +49,10 @@ def test_sigterm_without_time_to_save_keeps_the_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     common = [*RUN, "--save-steps", "2", "--preemption-grace-period", "0.001", "--output-dir", str(out),
               "--dataset-prepared-path", str(tmp_path / "prep")]
-    code, log = _sigterm_at_step(out, common, 3)
+    code, log = _sigterm_at_step(tmp_path, common, out, 3)
     assert code == 75, log[-3000:]
     stopped = json.loads((out / "ds_tp" / "preempted.json").read_text())
     assert stopped["why_not_saved"] and "preemption_grace_period" in log and "no checkpoint saved" in log
-    saved = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    saved = sorted(checkpoint_step(p) for p in out.glob("checkpoint-*"))
     assert saved and all(s % 2 == 0 for s in saved) and stopped["checkpoint"].endswith(f"checkpoint-{saved[-1]}")
     assert not list(out.glob("tmp-save-*"))

@@ -30,20 +30,19 @@ def run(tokens: int, seconds: float, steps: int = 4, mem: float = 1.0, **extra) 
 
 
 def test_ds_tp_window_skips_warmup_and_counts_real_tokens(report):
-    step_tokens = {s: 100 for s in range(1, 7)}  # len(input_ids), what ds-tp's tokens_per_s counts
-    real = {s: 80 for s in range(1, 7)}  # the same steps without padding
+    real = {1: 80, 2: 80, 3: 100, 4: 60, 5: 80, 6: 80}  # real (non-padding) tokens, what tokens_per_s counts
     rows = [{"step": 2, "tokens_per_s": 1.0},  # warm-up: never counted
-            {"step": 4, "tokens_per_s": 200.0},  # 200 tokens in 1 s
+            {"step": 4, "tokens_per_s": 160.0},  # steps 3-4: 160 tokens in 1 s
             {"step": 4, "eval_loss": 3.0},
-            {"step": 6, "tokens_per_s": 100.0}]  # 200 tokens in 2 s
-    tokens, seconds = report.ds_tp_window(rows, 2, step_tokens, real)
-    assert tokens == 4 * 80
+            {"step": 6, "tokens_per_s": 80.0}]  # steps 5-6: 160 tokens in 2 s
+    tokens, seconds = report.ds_tp_window(rows, 2, real)
+    assert tokens == 320
     assert seconds == pytest.approx(3.0)
 
 
 def test_ds_tp_window_needs_a_row_at_the_end_of_warmup(report):
     with pytest.raises(ValueError, match="logging_steps"):
-        report.ds_tp_window([{"step": 3, "tokens_per_s": 1.0}], 2, {1: 1, 2: 1, 3: 1}, {1: 1, 2: 1, 3: 1})
+        report.ds_tp_window([{"step": 3, "tokens_per_s": 1.0}], 2, {1: 1, 2: 1, 3: 1})
 
 
 def test_assemble_ratios_best_round_and_failures(report):
@@ -66,9 +65,7 @@ def test_assemble_ratios_best_round_and_failures(report):
     assert out["ds_tp_mfu"] == pytest.approx(1.0)  # 1000 tok/s * 1e9 FLOP/token / 1e12 FLOP/s
     assert out["ds_tp_s_per_step"] == pytest.approx(0.25)
     assert out["torch_peak_mem_gib"] == 0.5
-    for key in ("device", "ds_tp_tokens_per_s", "hf_trainer_tokens_per_s", "hf_trainer_zero3_tokens_per_s",
-                "torch_tokens_per_s", "ds_tp_mfu", "ds_tp_peak_mem_gib", "versions"):
-        assert key in out
+    assert out["device"] == "NVIDIA H100 80GB HBM3" and out["versions"] == {"torch": "x"}
     json.dumps(out, allow_nan=False)  # one JSON line
     lines = report.summary_lines(out)
     assert any("FAILED: exit 1" in line for line in lines) and any("MFU 100.0%" in line for line in lines)
@@ -84,25 +81,9 @@ def test_round_orders_alternate(report):
     assert report.round_orders(["a", "b", "c"], 3) == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
 
 
-def test_hf_json_is_an_unchanged_copy(report):
-    original = {"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 0}}
-    copy = report.hf_json_for_same_layout(original)
-    assert copy == original
-    copy["zero_optimization"]["stage"] = 3
-    assert original["zero_optimization"]["stage"] == 0
-
-
 def test_device_slug(report):
     assert report.device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
     assert report.device_slug("CPU") == "cpu"
-
-
-def test_zero3_json_is_axolotls(bench):
-    zero = bench.ZERO3_AXOLOTL["zero_optimization"]
-    assert zero["stage"] == 3 and zero["overlap_comm"] and zero["contiguous_gradients"]
-    assert zero["stage3_gather_16bit_weights_on_model_save"] is True
-    assert bench.ZERO3_AXOLOTL["bf16"]["enabled"] == "auto"
-    assert bench.ZERO3_AXOLOTL["train_micro_batch_size_per_gpu"] == "auto"
 
 
 def test_paired_ratios_skip_failed_rounds(report):

@@ -29,7 +29,7 @@ def check(tmp_path, text: str, world) -> None:
         cfg = load_config(path, (), world)
         build_ds_config(cfg, cpu_facts("fuzz"))
     except UserError as exc:
-        assert exc.problems and all("\n" not in str(p) for p in exc.problems)
+        assert exc.problems and all(p.where.startswith(str(path)) for p in exc.problems), exc.problems
 
 
 @settings(max_examples=700, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -21,11 +21,12 @@ kinds = st.sampled_from(["alpaca", "completion", "chat_template"])
 settings_ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-def ok_or_user_error(fn) -> None:
+def ok_or_user_error(fn, source) -> None:
+    """Returns, or raises UserError whose every problem names the input it came from."""
     try:
         fn()
     except UserError as exc:
-        assert exc.problems and all("\n" not in str(p) for p in exc.problems)
+        assert exc.problems and all(str(source) in str(p) for p in exc.problems), exc.problems
 
 
 @settings_
@@ -43,7 +44,7 @@ def test_generated_datasets_never_crash(data, kind, raw, seq):
             path.write_text("".join(json.dumps(r, allow_nan=True) + "\n" for r in data), encoding="utf-8")
         cfg = {"datasets": [{"path": "d.jsonl", "type": kind}], "sequence_len": seq,
                "dataset_prepared_path": str(tmp / "prepared"), "chat_template": "chatml"}
-        ok_or_user_error(lambda: prepare_datasets(cfg, tokenizer(), config_dir=tmp))
+        ok_or_user_error(lambda: prepare_datasets(cfg, tokenizer(), config_dir=tmp), "d.jsonl")
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -57,4 +58,4 @@ def test_generated_hostfiles_never_crash(tmp_path, text, tp):
     lost: nothing (nothing is launched)"""
     path = tmp_path / "hostfile"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
-    ok_or_user_error(lambda: check_hosts_fit_layout(path, parse_hostfile(path), tp, 1))
+    ok_or_user_error(lambda: check_hosts_fit_layout(path, parse_hostfile(path), tp, 1), path)

@@ -58,3 +58,17 @@ def test_symlinked_output_is_never_written_through(tmp_path):
     with pytest.raises(UserError, match="symlinks where ds-tp writes"):
         check_output_dir(out, resuming=True, overwrite=True)
     assert target.read_text() == "precious"
+
+
+def test_hostfile_launch_leaves_the_master_address_to_deepspeed(tmp_path):
+    """Without --main-process-ip, a hostfile launch must not pin every host to its own loopback; only pdsh
+    skips DeepSpeed's ssh check (ds-tp checked every host itself)."""
+    from ds_tp.launch.command import LaunchSpec, launcher_command
+
+    spec = LaunchSpec(launcher="deepspeed", world=2, num_machines=1, machine_rank=None, master_addr=None,
+                      master_port=29500, hostfile=str(tmp_path / "hostfile"), runner="pdsh")
+    cmd = launcher_command(spec, "plan.json", tmp_path)
+    assert "--master_addr" not in cmd and "--no_ssh_check" in cmd
+    spec.runner, spec.master_addr = "openmpi", "10.0.0.1"
+    cmd = launcher_command(spec, "plan.json", tmp_path)
+    assert "--no_ssh_check" not in cmd and cmd[cmd.index("--master_addr") + 1] == "10.0.0.1"

@@ -179,3 +179,13 @@ def test_plan_cli_unknown_hub_model_and_local_folder(tmp_path, write_config):
 
 def test_plan_does_not_import_torch():
     assert_cli_skips_heavy_imports(['plan', str(CARD / 'recommended-70b.yaml'), '--gpus', '16'])
+
+
+def test_tp_cp_groups_stay_inside_a_node_and_ranking_matches_the_reason():
+    tiny = ModelShape.from_config(PRESETS["tinyllama-1.1b"])
+    assert all(lay.tp * lay.cp <= 4 for lay in candidate_layouts(tiny, 2048, 16, per_node=4))
+    ranked = rank_layouts(PRESETS["tinyllama-1.1b"], LONG, 32, 80)
+    order = [(r.estimate.layout.dp_replicate, r.estimate.layout.dp_shard) for r in ranked
+             if r.estimate.layout.tp * r.estimate.layout.cp == 1]
+    # shard groups inside one node (8 x 4 as much as 4 x 8) before one spanning 4 nodes
+    assert order.index((8, 4)) < order.index((1, 32)) and order.index((4, 8)) < order.index((1, 32))
