@@ -44,16 +44,9 @@ def _print_findings(cfg) -> None:
         _err(f"warning: {problem}")
 
 
-def world_size_from(world_size, num_processes, num_machines, hostfile, cfg_values=None):
-    """The world size a command should check the layout against (None: the layout's own product)."""
-    if world_size:
-        return world_size
-    if num_processes:
-        return num_processes  # total over all machines, as accelerate counts it
-    if hostfile:
-        from ds_tp.launch.hostfile import parse_hostfile
-        return sum(h.slots for h in parse_hostfile(hostfile))
-    return None
+def requested_world(world_size=None, num_processes=None, hosts=None) -> int | None:
+    """The ranks the command line asks for (None: layout.resolve_world decides from the config)."""
+    return world_size or num_processes or (sum(h.slots for h in hosts) if hosts else None)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,6 +58,10 @@ def main():
     --tensor-parallel-size 2, --special-tokens.pad-token X, --bf16/--no-bf16.
     """
 
+
+target_device_option = click.option(
+    "--target-device", type=click.Choice(["cpu", "cuda", "cuda-fp16"]),
+    help="The ranks' device when it is not this machine's (cuda: bf16-capable GPUs; cuda-fp16: older ones).")
 
 plugin_module_option = click.option(
     "--plugin-module", "plugin_modules", multiple=True, metavar="NAME",
@@ -87,7 +84,9 @@ def config_schema():
 def validate(ctx, config, world_size, num_processes, plugin_modules):
     """Check CONFIG against ds-tp's schema and rules."""
     from ds_tp.config import load_config
-    cfg = load_config(config, ctx.args, world_size_from(world_size, num_processes, None, None), plugin_modules)
+    from ds_tp.device import probe_without_torch
+    cfg = load_config(config, ctx.args, requested_world(world_size, num_processes), plugin_modules,
+                      gpu_count=probe_without_torch()["count"])
     _print_findings(cfg)
     click.echo(f"{config}: valid; layout {cfg.layout.product()}")
 
@@ -100,19 +99,27 @@ def validate(ctx, config, world_size, num_processes, plugin_modules):
 @click.option("--hostfile", type=click.Path(path_type=Path), help="World size = the hostfile's total slots.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the JSON here instead of stdout.")
 @click.option("--explain", is_flag=True, help="Explain every key and the layout (on stderr).")
+@target_device_option
 @plugin_module_option
 @click.pass_context
 @user_errors
-def translate(ctx, config, world_size, num_processes, num_machines, hostfile, output, explain, plugin_modules):
-    """Print the DeepSpeed JSON that `ds-tp train` would run for CONFIG."""
+def translate(ctx, config, world_size, num_processes, num_machines, hostfile, output, explain, target_device,
+              plugin_modules):
+    """Print the DeepSpeed JSON that `ds-tp train` would run for CONFIG (same world, same device rules)."""
     from ds_tp.config import load_config
-    from ds_tp.device import probe_without_torch
+    from ds_tp.device import named_target, probe_without_torch
     from ds_tp.ds_config import build_ds_config
 
-    world = world_size_from(world_size, num_processes, num_machines, hostfile)
-    cfg = load_config(config, ctx.args, world, plugin_modules)
-    _print_findings(cfg)
+    hosts = None
+    if hostfile:
+        from ds_tp.launch.hostfile import parse_hostfile
+        hosts = parse_hostfile(hostfile)
     device = probe_without_torch()
+    if target_device:
+        device = named_target(target_device, hosts[0].slots if hosts else device["count"] or 1)
+    cfg = load_config(config, ctx.args, requested_world(world_size, num_processes, hosts), plugin_modules,
+                      gpu_count=device["count"])
+    _print_findings(cfg)
     translation, warnings = build_ds_config(cfg, device)
     for problem in warnings:
         _err(f"warning: {problem}")
@@ -127,7 +134,7 @@ def translate(ctx, config, world_size, num_processes, num_machines, hostfile, ou
     if explain:
         from rich.console import Console
         from ds_tp.explain import print_explain
-        print_explain(translation, cfg.layout, device, Console(stderr=True, width=160))
+        print_explain(translation, Console(stderr=True, width=160))
 
 
 @main.command(context_settings=PASS_THROUGH)
@@ -150,57 +157,60 @@ def translate(ctx, config, world_size, num_processes, num_machines, hostfile, ou
 @click.option("--overwrite", is_flag=True, help="Replace a previous run in output_dir.")
 @click.option("--dry-run", is_flag=True, help="Prepare and print the plan, layout and sharding; do not launch.")
 @click.option("--print-command", is_flag=True, help="Print the launcher command instead of running it.")
+@target_device_option
 @plugin_module_option
 @click.pass_context
 @user_errors
 def train(ctx, config, num_processes, launcher, num_machines, machine_rank, main_process_ip, main_process_port,
-          hostfile, multinode_runner, use_profiler, overwrite, dry_run, print_command, plugin_modules):
+          hostfile, multinode_runner, use_profiler, overwrite, dry_run, print_command, target_device, plugin_modules):
     """Train CONFIG: prepare data here, then launch ranks with the deepspeed launcher (or torchrun)."""
     from ds_tp.launch.command import LaunchSpec, free_port, launcher_command, rank_environment
     from ds_tp.launch.run import run_launcher
-    from ds_tp.launch.train import carry_environment, format_command, hostfile_world, prepare_training
+    from ds_tp.launch.train import carry_environment, format_command, prepare_training
+    from ds_tp.launch.train import target_device as resolve_target
 
     if launcher == "accelerate":
         _err("notice: --launcher accelerate: ds-tp launches its ranks through the deepspeed launcher")
         launcher = "deepspeed"
-    if hostfile and not num_processes:
-        num_processes = hostfile_world(hostfile)
+    hosts = None
+    if hostfile:
+        from ds_tp.launch.hostfile import parse_hostfile
+        hosts = parse_hostfile(hostfile)
+    import os
+    device = resolve_target(target_device, hosts, hostfile, multinode_runner, dict(os.environ), _err)
     spec = LaunchSpec(launcher=launcher, world=0, num_machines=num_machines, machine_rank=machine_rank,
                       master_addr=main_process_ip or (None if hostfile else "127.0.0.1"),
                       master_port=main_process_port or 0,
                       hostfile=str(hostfile.resolve()) if hostfile else None, runner=multinode_runner)
-    cfg, plan, plan_path, world, device = prepare_training(
+    cfg, prepared, run_path, world, device = prepare_training(
         config, ctx.args, num_processes, use_profiler=use_profiler, overwrite=overwrite, notify=_print_findings,
-        machine_rank=machine_rank or 0, hostfile=hostfile, plugin_modules=plugin_modules)
+        machine_rank=machine_rank or 0, hostfile=hostfile, hosts=hosts, plugin_modules=plugin_modules,
+        device=device)
     spec.world = world
     spec.check()
     if not spec.master_port:
         if num_machines > 1 and machine_rank is not None:
             raise UserError("command line: --main-process-port is needed when each machine is launched on its own")
         spec.master_port = free_port()
-    cmd = launcher_command(spec, str(plan_path.resolve()), plan_path.parent)
-    _err(f"ds-tp: {cfg.layout.product()}; {plan.total_steps} steps of {plan.global_batch} sequences "
-         f"({plan.steps_per_epoch} per epoch); plan {plan_path}")
+    cmd = launcher_command(spec, str(run_path.resolve()), run_path.parent)
+    _err(f"ds-tp: {cfg.layout.product()}; {prepared.total_steps} steps of {prepared.global_batch} sequences "
+         f"({prepared.steps_per_epoch} per epoch); run file {run_path}")
     if dry_run or print_command:
         if dry_run:
             from ds_tp.launch.dry_run import print_dry_run
-            print_dry_run(plan, cfg)
+            print_dry_run(prepared)
         click.echo(format_command(cmd))
         return
     env = rank_environment(spec.per_node, device["accelerator"])
     if hostfile:
-        env["DS_ENV_FILE"] = str(carry_environment(env, plan_path.parent))
-        if multinode_runner == "pdsh":
-            from ds_tp.launch.hostfile import parse_hostfile
-            from ds_tp.launch.ssh_check import check_pdsh_hosts
-            check_pdsh_hosts(hostfile, parse_hostfile(hostfile), env)
+        env["DS_ENV_FILE"] = str(carry_environment(env, run_path.parent))
     from ds_tp.launch.watch import RankWatcher
     from ds_tp.train.preempt import EXIT_PREEMPTED, clear_marker, read_marker
-    watcher = RankWatcher(plan.output_dir, clear=not machine_rank)
-    clear_marker(plan.output_dir)
+    watcher = RankWatcher(prepared.output_dir, clear=not machine_rank)
+    clear_marker(prepared.output_dir)
     code = run_launcher(cmd, env, watcher)
     watcher.wait_for_ranks(timeout=60)
-    stopped = read_marker(plan.output_dir)
+    stopped = read_marker(prepared.output_dir)
     if stopped:
         saved = (f"saved {stopped['checkpoint']}" if not stopped.get("why_not_saved") else
                  f"no checkpoint saved ({stopped['why_not_saved']}); "
@@ -224,7 +234,7 @@ def preprocess(ctx, config, plugin_modules):
     """Tokenize, pack and cache CONFIG's datasets (dataset_prepared_path) ahead of training."""
     from ds_tp.config import load_config
     from ds_tp.data import prepare_datasets
-    from ds_tp.launch.plan import load_tokenizer, resolve_model_path
+    from ds_tp.model_config import load_tokenizer, resolve_model_path
 
     cfg = load_config(config, ctx.args, None, plugin_modules)
     _print_findings(cfg)

@@ -9,30 +9,29 @@ replicated and taken from TP rank 0.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
 from pathlib import Path
 
 from ds_tp.errors import UserError
+from ds_tp.runfiles import read_state
 
 
 def export_checkpoint(checkpoint: Path, out: Path) -> None:
-    state_file = checkpoint / "ds_tp_state.json"
-    if not state_file.is_file():
-        raise UserError(f"{checkpoint}: not a complete ds-tp checkpoint (no ds_tp_state.json)")
-    state = json.loads(state_file.read_text())
-    from transformers import AutoConfig, AutoModelForCausalLM
+    state = read_state(checkpoint)
+    from transformers import AutoModelForCausalLM
 
-    from ds_tp.launch.plan import load_tokenizer
+    from ds_tp.model_config import load_model_config
+
+    from ds_tp.model_config import load_tokenizer
 
     tp_ranks = sorted({int(m.group(1)) for f in checkpoint.iterdir()
                        if (m := re.search(r"mp_rank_(\d+)_model_states\.pt$", f.name))})
     if not tp_ranks:
         raise UserError(f"{checkpoint}: no DeepSpeed model states (*mp_rank_XX_model_states.pt) in it")
     shards = [tp_rank_state_dict(checkpoint, r) for r in tp_ranks]
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(state["model_path"]))
+    model = AutoModelForCausalLM.from_config(load_model_config(state["model_path"], state.get("config", {})))
     sd = join_tp_shards(shards, {k: tuple(v.shape) for k, v in model.state_dict().items()}, checkpoint)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if unexpected or [k for k in missing if "rotary" not in k]:

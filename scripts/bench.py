@@ -17,7 +17,7 @@ per way), all with the same OMP_NUM_THREADS, on one process (world 1):
 
 Same data for all four: ds-tp prepares it (synthetic text whose every training row is exactly
 sequence_len tokens, so there is no padding), and every way reads those prepared rows in ds-tp's
-order (ds_tp.train.batches.BatchPlan) and collates them with ds_tp.train.batches.collate.
+order (ds_tp.train.batches.BatchOrder) and collates them with ds_tp.train.batches.collate.
 
 Timing: the first `--warmup` optimizer steps are not measured; tokens/s = real (non-padding) tokens of
 the measured steps / wall time from the end of the last warm-up step to the end of the last step (CUDA
@@ -243,7 +243,7 @@ def ensure_ds_tp() -> bool:
 
 
 def _pad_id(plan) -> int:
-    from ds_tp.launch.plan import load_tokenizer
+    from ds_tp.model_config import load_tokenizer
     return load_tokenizer(plan.model_path, plan.config).pad_token_id
 
 
@@ -251,7 +251,7 @@ def parent(args) -> int:
     args.from_checkout = ensure_ds_tp()
     from ds_tp.device import probe_with_torch
     from ds_tp.launch.train import prepare_training
-    from ds_tp.train.batches import BatchPlan
+    from ds_tp.train.batches import BatchOrder
     from ds_tp.train.flops import flops_per_token, peak_flops
 
     device = probe_with_torch()
@@ -280,12 +280,12 @@ def parent(args) -> int:
     cfg, plan, plan_path, world, _ = prepare_training(config, [], 1, overwrite=True)
     ds_json = json.loads((Path(plan.output_dir) / "ds_tp" / "deepspeed_config.json").read_text())
     print(f"[bench] ds-tp's DeepSpeed JSON (world {world}, ZeRO stage "
-          f"{ds_json.get('zero_optimization', {}).get('stage')}, {plan.precision}): {json.dumps(ds_json)}", flush=True)
+          f"{ds_json.get('zero_optimization', {}).get('stage')}, {plan.resolved.precision.name}): {json.dumps(ds_json)}", flush=True)
 
     # Which rows each step trains on, and how many tokens they hold: ds-tp's own order for every way.
     from ds_tp.data import load_prepared
     train_rows, _ = load_prepared(Path(plan.prepared_path))
-    batches = BatchPlan(rows=plan.train_rows, micro=run["micro_batch_size"], gas=1, dp=1, seed=SEED,
+    batches = BatchOrder(rows=plan.train_rows, micro=run["micro_batch_size"], gas=1, dp=1, seed=SEED,
                         steps_per_epoch=plan.steps_per_epoch)
     order = [[int(i) for i in batches.global_rows(s)] for s in range(total)]
     real = list(train_rows["length"])
@@ -294,9 +294,9 @@ def parent(args) -> int:
     n_non_embedding = meta["n_params"] - meta["n_embedding"]
     flops_token = flops_per_token(n_non_embedding, shape["num_hidden_layers"], shape["hidden_size"],
                                   run["sequence_len"])
-    peak = peak_flops(device["name"], plan.precision) if cuda else None
+    peak = peak_flops(device["name"], plan.resolved.precision.name) if cuda else None
     spec = {"plan_path": str(plan_path), "model_path": str(work / "model"), "prepared_path": plan.prepared_path,
-            "ds_config": ds_json, "zero3_config": ZERO3_AXOLOTL, "precision": plan.precision, "order": order,
+            "ds_config": ds_json, "zero3_config": ZERO3_AXOLOTL, "precision": plan.resolved.precision.name, "order": order,
             "step_real_tokens": step_real, "warmup": run["warmup"], "total": total,
             "pad_id": _pad_id(plan), "lr": LR, "lr_warmup": LR_WARMUP, "seed": SEED, "work": str(work),
             "micro": run["micro_batch_size"], "threads": threads}
@@ -329,7 +329,7 @@ def parent(args) -> int:
              "peak_mem_kind": "torch.cuda.max_memory_allocated" if cuda else
              "getrusage(RUSAGE_SELF).ru_maxrss in the child at the end of the last step",
              "host": platform.node(), "cpu_count": os.cpu_count()}
-    result = assemble(results, device=device, precision=plan.precision, versions=versions(), setup=setup,
+    result = assemble(results, device=device, precision=plan.resolved.precision.name, versions=versions(), setup=setup,
                       flops_token=flops_token, peak_flops=peak, date=date)
     for line in summary_lines(result):
         print(f"[bench] {line}", flush=True)

@@ -47,7 +47,7 @@ def child_ds_tp(spec: dict) -> dict:
         write(self, row)
 
     metrics.MetricsLog.write = observed_write
-    rc = worker_main(["--plan", spec["plan_path"]])
+    rc = worker_main(["--run", spec["plan_path"]])
     if rc:
         raise RuntimeError(f"ds-tp worker exited {rc}")
     plan = json.loads(Path(spec["plan_path"]).read_text())
@@ -115,7 +115,7 @@ def child_hf(spec: dict, zero3: bool) -> dict:
         def __getitem__(self, k):
             return rows[flat[k]]
 
-    class InOrder(Trainer):  # ds-tp's row order (BatchPlan), not HF's own shuffle
+    class InOrder(Trainer):  # ds-tp's row order (BatchOrder), not HF's own shuffle
         def _get_train_sampler(self, *a, **kw):
             return SequentialSampler(self.train_dataset)
 

@@ -12,6 +12,7 @@ from typing import Any
 from ds_tp.errors import Finding
 
 from .layout import Layout, effective_batch
+from .resolved import ResolvedRun, zero_stage
 
 BIG = 10**12  # "never release": stage-3 reuse distance and live parameters when resharding is off
 ADAMW_NAMES = {"adamw_torch", "adamw_torch_fused", "adamw_hf", "adamw_apex_fused", "adam", "adamw"}
@@ -39,7 +40,7 @@ class Translation:
     config: dict
     rows: list[ExplainRow] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-    precision: str = "fp32"
+    run: ResolvedRun | None = None  # the decisions this JSON was made from
 
     def set(self, target: str, value: Any, source: str, why: str) -> None:
         node = self.config
@@ -53,25 +54,11 @@ class Translation:
         self.rows.append(ExplainRow(source, target, value, why))
 
 
-def resolve_precision(cfg: dict, device: dict) -> tuple[str, str]:
-    """('bf16'|'fp16'|'fp32', why). "auto" resolves against the device as train would."""
-    bf16, fp16 = cfg.get("bf16", "auto"), cfg.get("fp16")
-    if bf16 is True:
-        return "bf16", "bf16: true"
-    if fp16 is True:
-        return "fp16", "fp16: true"
-    if bf16 == "auto":
-        if device.get("bf16"):
-            return "bf16", f"bf16: auto and {device.get('name', 'the device')} supports bf16"
-        if device.get("accelerator") == "cuda":
-            return "fp16", f"bf16: auto and {device.get('name', 'the GPU')} lacks bf16: fp16 (as Axolotl)"
-        return "fp32", "bf16: auto on a machine without a GPU: fp32 (CPU half precision is slower)"
-    return "fp32", "bf16 and fp16 off"
-
-
-def translate(cfg: dict, layout: Layout, device: dict, facts: TrainFacts | None = None) -> Translation:
+def translate(cfg: dict, run: ResolvedRun, facts: TrainFacts | None = None) -> Translation:
+    """The DeepSpeed JSON for a resolved run: every decision is read from `run`, none made here."""
     facts = facts or TrainFacts()
-    out = Translation(config={})
+    layout = run.layout
+    out = Translation(config={}, run=run)
     micro, gas = cfg["micro_batch_size"], cfg["gradient_accumulation_steps"]
     out.set("train_micro_batch_size_per_gpu", micro, "micro_batch_size", "sequences per rank per forward")
     out.set("gradient_accumulation_steps", gas, "gradient_accumulation_steps",
@@ -84,49 +71,36 @@ def translate(cfg: dict, layout: Layout, device: dict, facts: TrainFacts | None 
     out.set("steps_per_print", 2**31 - 1, "ds-tp",
             "ds-tp logs every logging_steps itself; DeepSpeed's duplicate step log is off")
     out.set("wall_clock_breakdown", False, "ds-tp", "timers add syncs in the hot loop")
-    _precision(cfg, device, layout, out)
-    _zero(cfg, layout, facts, out)
+    _precision(run, out)
+    _zero(cfg, run, facts, out)
     _parallel(layout, out)
-    _optimizer(cfg, device, out)
+    _optimizer(cfg, run, out)
     _scheduler(cfg, facts, out)
     _monitors(cfg, out)
     return out
 
 
-def _precision(cfg: dict, device: dict, layout: Layout, out: Translation) -> None:
-    precision, why = resolve_precision(cfg, device)
-    out.precision = precision
-    if precision == "bf16" and layout.world == 1:
-        # One device, stage 0: the bf16 block wraps the optimizer so that every gradient is copied into
-        # fp32 buffers each step; autocast keeps fp32 weights and gradients instead. Measured on one H100
-        # (TinyLlama-1.1B shape): +7% tokens/s, +3.3 GiB (benchmarks/README.md).
-        out.precision = "bf16-autocast"
-        out.set("torch_autocast", {"enabled": True, "dtype": "bfloat16"}, "bf16",
-                why + "; one device: torch autocast instead of the bf16 block (+7% on one H100)")
-    elif precision == "bf16":
-        out.set("bf16.enabled", True, "bf16", why)
-    elif precision == "fp16":
+def _precision(run: ResolvedRun, out: Translation) -> None:
+    p = run.precision
+    if p.name == "bf16-autocast":
+        out.set("torch_autocast", {"enabled": True, "dtype": "bfloat16"}, "bf16", p.why)
+    elif p.name == "bf16":
+        out.set("bf16.enabled", True, "bf16", p.why)
+    elif p.name == "fp16":
         out.set("fp16", {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
-                         "hysteresis": 2, "min_loss_scale": 1}, "fp16", why + "; dynamic loss scaling")
+                         "hysteresis": 2, "min_loss_scale": 1}, "fp16", p.why + "; dynamic loss scaling")
     else:
-        out.note("bf16/fp16", "(none)", "fp32", why)
-    tf32 = cfg.get("tf32", "auto")
-    tf32_on = bool(device.get("tf32")) if tf32 == "auto" else bool(tf32)
-    out.note("tf32", "(torch) allow_tf32", tf32_on,
-             "not a DeepSpeed key: set on torch.backends at train time" + (" (auto: device)" if tf32 == "auto" else ""))
+        out.note("bf16/fp16", "(none)", "fp32", p.why)
+    out.note("tf32", "(torch) allow_tf32", p.tf32, "not a DeepSpeed key: set on torch.backends at train time")
 
 
-def _zero(cfg: dict, layout: Layout, facts: TrainFacts, out: Translation) -> None:
+def _zero(cfg: dict, run: ResolvedRun, facts: TrainFacts, out: Translation) -> None:
     fsdp = cfg.get("fsdp_config") or {}
-    if layout.dp_shard <= 1:
-        why = ("data-parallel shard group of 1: nothing to shard, so stage 0 (ZeRO-3 ran 2.25x slower than "
-               "ZeRO-0 for a 1.1B model on one H100)")
-        if layout.dp_replicate > 1:
-            why = f"dp_replicate {layout.dp_replicate} with dp_shard 1 is plain data parallel: stage 0"
-        out.set("zero_optimization.stage", 0, "dp_shard_size", why)
+    layout = run.layout
+    stage, why = zero_stage(layout)  # the generated stage; a user's deepspeed JSON is merged over it
+    out.set("zero_optimization.stage", stage, "dp_shard_size", why)
+    if stage != 3:
         return
-    out.set("zero_optimization.stage", 3, "dp_shard_size",
-            f"dp_shard_size {layout.dp_shard}: parameters, gradients and optimizer state sharded (FSDP's role)")
     state = fsdp.get("state_dict_type", "FULL_STATE_DICT")
     out.set("zero_optimization.stage3_gather_16bit_weights_on_model_save", True,
             "fsdp_config.state_dict_type" if "state_dict_type" in fsdp else "ds-tp",
@@ -152,7 +126,7 @@ def _zero(cfg: dict, layout: Layout, facts: TrainFacts, out: Translation) -> Non
     else:
         out.note("ds-tp", "zero_optimization.stage3_param_persistence_threshold / stage3_prefetch_bucket_size / "
                  "reduce_bucket_size", "(train time)", "filled from the model's hidden size when it is loaded")
-    if layout.dp_replicate > 1:
+    if layout.dp_replicate > 1:  # run.hpz_partition_size, before a user's JSON could change the stage
         out.set("zero_optimization.zero_hpz_partition_size", layout.dp_shard, "dp_replicate_size",
                 f"ZeRO++ hpZ: a secondary weight copy sharded within groups of {layout.dp_shard} ranks, so the "
                 f"backward all-gather stays inside a replica; optimizer state still spans all {layout.dp} DP ranks")
@@ -165,7 +139,7 @@ def _parallel(layout: Layout, out: Translation) -> None:
         out.set("sequence_parallel_size", layout.cp, "context_parallel_size", "Ulysses sequence parallel")
 
 
-def _optimizer(cfg: dict, device: dict, out: Translation) -> None:
+def _optimizer(cfg: dict, run: ResolvedRun, out: Translation) -> None:
     name = cfg.get("optimizer", "adamw_torch_fused")
     lr = float(cfg["learning_rate"])
     wd = float(cfg.get("weight_decay", 0.0))
@@ -174,10 +148,9 @@ def _optimizer(cfg: dict, device: dict, out: Translation) -> None:
                   "eps": float(cfg.get("adam_epsilon", 1e-8)), "weight_decay": wd, "torch_adam": True}
         why = "torch.optim.AdamW (torch_adam: no JIT-built fused_adam)"
         if name == "adamw_torch_fused":
-            fused = device.get("accelerator") == "cuda"
-            if fused:
+            if run.fused_adamw:
                 params["fused"] = True
-            why += "; fused kernel on CUDA" if fused else "; fused only on CUDA, off here"
+            why += "; fused kernel on CUDA" if run.fused_adamw else "; fused only on CUDA, off here"
         out.set("optimizer", {"type": "AdamW", "params": params}, "optimizer, learning_rate, weight_decay", why)
     elif name == "sgd":
         out.set("optimizer", {"type": "SGD", "params": {"lr": lr, "weight_decay": wd}}, "optimizer",

@@ -63,6 +63,25 @@ def _int(cfg: dict, key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
 
+def resolve_world(cfg: dict, requested: int | None, gpu_count: int | None) -> int | None:
+    """How many ranks a run has: the one rule for validate, translate, plan and train.
+
+    requested (--num-processes, --world-size, a hostfile's slots) wins; else the layout's product when
+    dp_shard_size is set; else every GPU of the machine when they fit the rest of the layout
+    (dp_replicate x tp x cp divides them), else that rest alone (dp_shard 1). gpu_count None (validate
+    without a device) means "no GPUs known": the layout's own product.
+    """
+    if requested:
+        return requested
+    rest = (_int(cfg, "dp_replicate_size") or 1) * (_int(cfg, "tensor_parallel_size") or 1) \
+        * (_int(cfg, "context_parallel_size") or 1)
+    if _int(cfg, "dp_shard_size"):
+        return rest * _int(cfg, "dp_shard_size")
+    if gpu_count and gpu_count >= rest and gpu_count % rest == 0:
+        return gpu_count
+    return rest
+
+
 def resolve_layout(cfg: dict, world_size: int | None) -> tuple[Layout | None, list[Finding]]:
     """The layout for this config and world size (None: the layout's own product).
 

@@ -26,10 +26,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ds_tp.errors import UserError
-
-from .deepspeed import resolve_precision
 from .layout import Layout
+from .model_shape import ModelShape
+from .resolved import resolve_run
 
 GIB = 2**30
 FRAMEWORK_OVERHEAD_GIB = 3.0
@@ -56,62 +55,9 @@ HUB_PRESETS = {  # lower-case hub id -> preset
     **{f"tinyllama/{name}": "tinyllama-1.1b" for name in (
         "tinyllama-1.1b-chat-v1.0", "tinyllama_v1.1", "tinyllama-1.1b-intermediate-step-1431k-3t")},
 }
-REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    tied: bool = False
-    qkv_bias: bool = False
-
-    @classmethod
-    def from_config(cls, config: dict, source: str = "model config") -> "ModelShape":
-        if "hidden_size" not in config and isinstance(config.get("text_config"), dict):
-            config = config["text_config"]  # multimodal wrappers keep the LM's shape one level down
-        bad = [k for k in REQUIRED if not isinstance(config.get(k), int) or isinstance(config.get(k), bool)
-               or config[k] < 1]
-        if bad:
-            raise UserError(f"{source}: missing or not a positive integer: {', '.join(bad)}")
-        heads = config["num_attention_heads"]
-        return cls(hidden=config["hidden_size"], intermediate=config["intermediate_size"],
-                   layers=config["num_hidden_layers"], heads=heads,
-                   kv_heads=config.get("num_key_value_heads") or heads,
-                   head_dim=config.get("head_dim") or config["hidden_size"] // heads, vocab=config["vocab_size"],
-                   tied=bool(config.get("tie_word_embeddings")), qkv_bias=bool(config.get("attention_bias")))
-
-    @property
-    def layer_linear_params(self) -> int:
-        """q, k, v, o and the gate/up/down MLP of one decoder layer: what AutoTP splits."""
-        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        bias = (q + 2 * kv) if self.qkv_bias else 0
-        return self.hidden * (2 * q + 2 * kv) + 3 * self.hidden * self.intermediate + bias
-
-    @property
-    def embedding_params(self) -> int:
-        return self.vocab * self.hidden
-
-    @property
-    def params(self) -> int:
-        head = 0 if self.tied else self.embedding_params
-        return self.layers * (self.layer_linear_params + 2 * self.hidden) + self.embedding_params + head + self.hidden
-
-    def params_per_tp_rank(self, tp: int) -> float:
-        """AutoTP splits the layers' linears and the lm_head; embeddings and norms stay whole."""
-        head = 0 if self.tied else self.embedding_params / tp
-        return (self.layers * (self.layer_linear_params / tp + 2 * self.hidden) + self.embedding_params + head
-                + self.hidden)
-
-
-def bytes_per_param(precision: str, optimizer: str) -> tuple[int, int, int]:
-    """(weights, gradients, optimizer state) per parameter, ZeRO paper sec. 3.1."""
-    half = precision in ("bf16", "fp16")
+def bytes_per_param(half: bool, optimizer: str) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer state) per parameter, ZeRO paper sec. 3.1. half: 16-bit weights
+    and gradients with an fp32 master copy (bf16/fp16 blocks); torch autocast keeps fp32 ones."""
     moments = 0 if optimizer == "sgd" else 8  # AdamW: momentum + variance in fp32
     return (2, 2, 4 + moments) if half else (4, 4, moments)
 
@@ -169,17 +115,17 @@ def estimate_memory(model: dict | ModelShape, cfg: dict, layout: Layout, *, devi
     """Bytes per GPU for this model, config values and layout. `device` resolves bf16: auto
     (default: GPUs with bf16); overhead_bytes defaults to FRAMEWORK_OVERHEAD_GIB."""
     shape = model if isinstance(model, ModelShape) else ModelShape.from_config(model)
-    precision, _ = resolve_precision(cfg, device or ASSUMED_GPU)
+    run = resolve_run(cfg, layout, device or ASSUMED_GPU, model=shape)
     optimizer = "sgd" if cfg.get("optimizer") == "sgd" else "adamw"
-    w, g, o = bytes_per_param(precision, optimizer)
+    w, g, o = bytes_per_param(run.precision.half_weights, optimizer)
     per_rank = shape.params_per_tp_rank(layout.tp)
     fsdp = cfg.get("fsdp_config") or {}
     notes: list[str] = []
-    zero3 = layout.dp_shard > 1  # as translators.deepspeed: stage 3 iff dp_shard > 1, else stage 0
+    zero3 = run.zero3
     # DeepSpeed partitions over its sequence-data-parallel group: every dp and cp rank holds a slice.
-    shards = layout.dp * layout.cp if zero3 else 1
+    shards = run.zero_partitions
     params, grads, optim = per_rank * w / shards, per_rank * g / shards, per_rank * o / shards
-    hpz = per_rank * w / layout.dp_shard if zero3 and layout.dp_replicate > 1 else 0
+    hpz = per_rank * w / run.hpz_partition_size if run.hpz_partition_size else 0
     if zero3 and fsdp.get("offload_params"):
         params, hpz = 0, 0
         notes.append("offload_params: weight partitions live in CPU memory")
@@ -193,29 +139,21 @@ def estimate_memory(model: dict | ModelShape, cfg: dict, layout: Layout, *, devi
     buffers = live * w + (shape.hidden ** 2 * g if zero3 else 0)
     if not zero3 and layout.dp > 1:
         buffers = min(per_rank, STAGE0_ALLREDUCE_BUCKET) * g
-    act_bytes = 4 if precision == "fp32" else 2
+    act_bytes = run.precision.activation_bytes
     acts, logits = activation_bytes(shape, int(cfg.get("sequence_len", 512)), int(cfg.get("micro_batch_size", 1)),
                                     layout, act_bytes, bool(cfg.get("gradient_checkpointing")),
                                     cfg.get("attn_implementation"))
     overhead = int(FRAMEWORK_OVERHEAD_GIB * GIB) if overhead_bytes is None else overhead_bytes
-    return Estimate(layout, precision, int(params), int(grads), int(optim), int(hpz), int(buffers), acts, logits,
+    return Estimate(layout, run.precision.name, int(params), int(grads), int(optim), int(hpz), int(buffers), acts, logits,
                     overhead, tuple(notes))
 
 
 def layout_problems(shape: ModelShape, tp: int, cp: int, seq: int) -> list[str]:
-    """Why tp/cp cannot run this model: the same rules as ds_tp.config.rules.shape_findings."""
-    found = [f"{name} {value} not divisible by tp {tp}" for name, value in (
-        ("heads", shape.heads), ("kv heads", shape.kv_heads), ("intermediate", shape.intermediate),
-        ("hidden", shape.hidden)) if value % tp]
-    if cp > 1:
-        if shape.heads % cp:
-            found.append(f"heads {shape.heads} not divisible by cp {cp}")
-        if shape.kv_heads % cp and cp % shape.kv_heads:
-            found.append(f"kv heads {shape.kv_heads} and cp {cp}: neither divides the other")
-        if tp > 1 and (shape.heads // tp) % cp:
-            found.append(f"heads per TP rank {shape.heads // tp} not divisible by cp {cp}")
-        if seq % cp:
-            found.append(f"sequence_len {seq} not divisible by cp {cp}")
+    """Why tp/cp cannot run this model: the model's own rule (ModelShape.layout_problems) and the
+    sequence length's, as validate and train apply them."""
+    found = [why for _, why in shape.layout_problems(tp, cp)]
+    if cp > 1 and seq % cp:
+        found.append(f"sequence_len {seq} not divisible by cp {cp}")
     return found
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ds_tp.errors import Finding, Problem, UserError
-from ds_tp.translators.layout import Layout, resolve_layout
+from ds_tp.translators.layout import Layout, resolve_layout, resolve_world
 
 from . import rules
 from .overrides import apply_overrides, parse_overrides
@@ -50,7 +50,9 @@ def to_problem(source: Path, marks: dict, finding: Finding) -> Problem:
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple = (), world_size: int | None = None,
-                plugin_modules: tuple | list = ()) -> Config:
+                plugin_modules: tuple | list = (), gpu_count: int | None = None) -> Config:
+    """world_size: the ranks asked for (--num-processes, a hostfile's slots); without it the world is
+    resolved by layout.resolve_world from the config and gpu_count (the ranks' GPUs per machine)."""
     source = Path(path)
     data, marks = load_yaml_with_marks(source)
     apply_overrides(data, marks, parse_overrides(list(overrides)))
@@ -68,7 +70,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple = (), world_size:
     findings += rules.cross_field(data, bad)
     layout = None
     if not bad & {"dp_replicate_size", "dp_shard_size", "tensor_parallel_size", "context_parallel_size"}:
-        layout, layout_findings = resolve_layout(data, world_size)
+        layout, layout_findings = resolve_layout(data, resolve_world(data, world_size, gpu_count))
         findings += layout_findings
         if layout is not None:
             findings += rules.layout_findings(data, layout)

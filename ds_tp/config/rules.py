@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ds_tp.errors import Finding
+from ds_tp.errors import Finding, UserError
+from ds_tp.translators.model_shape import ModelShape
+from ds_tp.translators.resolved import zero_stage
 
 BATCH_KEYS = ("micro_batch_size", "gradient_accumulation_steps", "batch_size")
 EXCLUSIVE = [("warmup_steps", "warmup_ratio"), ("save_steps", "saves_per_epoch"), ("eval_steps", "evals_per_epoch"),
@@ -140,7 +142,7 @@ def cross_field(data: dict, bad: set[str]) -> list[Finding]:
 def layout_findings(data: dict, layout) -> list[Finding]:
     """Rules that need the resolved layout (dp_shard may be inferred from the world size)."""
     sharded = [f"{name} {n}" for name, n in (("dp_shard", layout.dp_shard), ("tp", layout.tp)) if n > 1]
-    if data.get("chunked_cross_entropy") and sharded:
+    if data.get("chunked_cross_entropy") and (zero_stage(layout)[0] == 3 or layout.tp > 1):
         return [Finding(("chunked_cross_entropy",), f"has no effect with {' and '.join(sharded)}: the LM head is "
                         "ZeRO-3-partitioned or TP-split there, and ds-tp keeps the standard loss",
                         "it applies at dp_shard_size 1 without tensor parallelism", level="warning")]
@@ -158,30 +160,15 @@ def model_shape_checks(data: dict, layout, config_dir: Path) -> list[Finding]:
                         "train time", level="notice")]
     try:
         cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        widths = {"num_hidden_layers": 1, "vocab_size": 1, **cfg}  # only the widths decide tp/cp
+        return shape_findings(ModelShape.from_config(widths, str(path / "config.json")), layout)
     except (OSError, ValueError) as exc:
         return [Finding(("base_model",), f"cannot read {path / 'config.json'}: {exc}")]
-    return shape_findings(cfg, layout)
+    except UserError as exc:
+        return [Finding(("base_model",), str(exc))]
 
 
-def shape_findings(model_cfg: dict, layout) -> list[Finding]:
-    """Divisibility of the model's dimensions by tp and cp (also used at train time)."""
-    found: list[Finding] = []
-    heads = model_cfg.get("num_attention_heads")
-    kv = model_cfg.get("num_key_value_heads") or heads
-    dims = {"num_attention_heads": heads, "num_key_value_heads": kv,
-            "intermediate_size": model_cfg.get("intermediate_size"), "hidden_size": model_cfg.get("hidden_size")}
-    for name, value in dims.items():
-        if isinstance(value, int) and value % layout.tp:
-            found.append(Finding(("tensor_parallel_size",), f"the model's {name} ({value}) is not divisible by "
-                                 f"tensor_parallel_size {layout.tp}", "choose a tp that divides it"))
-    if isinstance(heads, int) and layout.cp > 1:
-        if heads % layout.cp:
-            found.append(Finding(("context_parallel_size",), f"the model's num_attention_heads ({heads}) is not "
-                                 f"divisible by context_parallel_size {layout.cp}"))
-        if isinstance(kv, int) and kv % layout.cp and layout.cp % kv:
-            found.append(Finding(("context_parallel_size",), f"num_key_value_heads ({kv}) and "
-                                 f"context_parallel_size {layout.cp}: neither divides the other"))
-        if layout.tp > 1 and isinstance(kv, int) and (heads // layout.tp) % layout.cp:
-            found.append(Finding(("context_parallel_size",), f"heads per TP rank ({heads // layout.tp}) not "
-                                 f"divisible by context_parallel_size {layout.cp}"))
-    return found
+def shape_findings(shape: ModelShape, layout) -> list[Finding]:
+    """The model's dimensions against tp and cp (ModelShape.layout_problems), at the layout key at fault."""
+    hints = {"tensor_parallel_size": "choose a tp that divides it", "context_parallel_size": ""}
+    return [Finding((key,), why, hints[key]) for key, why in shape.layout_problems(layout.tp, layout.cp)]

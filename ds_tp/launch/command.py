@@ -56,8 +56,8 @@ class LaunchSpec:
                                     "command per node (--num-machines, --machine-rank)", where="command line"))
 
 
-def launcher_command(spec: LaunchSpec, plan_path: str, scratch: Path) -> list[str]:
-    worker = ["--plan", plan_path]
+def launcher_command(spec: LaunchSpec, run_file: str, scratch: Path) -> list[str]:
+    worker = ["--run", run_file]
     port = str(spec.master_port)
     if spec.launcher == "torchrun":
         nodes = ["--nnodes", str(spec.num_machines), "--node_rank", str(spec.machine_rank or 0)]

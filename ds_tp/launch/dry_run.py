@@ -1,24 +1,25 @@
-"""`ds-tp train --dry-run`: the layout and the expected sharding, without starting any rank."""
+"""`ds-tp train --dry-run`: the resolved run and the expected sharding, without starting any rank."""
 from __future__ import annotations
 
 import json
 
 import click
 
+from ds_tp.explain import decision_lines
+from ds_tp.translators.model_shape import ModelShape
+
 # AutoTP splits these by output rows (column-parallel) and these by input columns (row-parallel).
 ROW_SPLIT = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "lm_head")
 COL_SPLIT = ("o_proj", "down_proj")
 
 
-def expected_shapes(model_cfg: dict, tp: int, dp_shard: int) -> list[str]:
-    h, inter = model_cfg["hidden_size"], model_cfg["intermediate_size"]
-    heads, kv = model_cfg["num_attention_heads"], model_cfg.get("num_key_value_heads") or model_cfg["num_attention_heads"]
-    head_dim = model_cfg.get("head_dim") or h // heads
-    shapes = {"layers.0.self_attn.q_proj.weight": [heads * head_dim, h],
-              "layers.0.self_attn.k_proj.weight": [kv * head_dim, h],
-              "layers.0.self_attn.o_proj.weight": [h, heads * head_dim],
-              "layers.0.mlp.down_proj.weight": [h, inter],
-              "lm_head.weight": [model_cfg["vocab_size"], h]}
+def expected_shapes(shape: ModelShape, tp: int, dp_shard: int) -> list[str]:
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    shapes = {"layers.0.self_attn.q_proj.weight": [q, shape.hidden],
+              "layers.0.self_attn.k_proj.weight": [kv, shape.hidden],
+              "layers.0.self_attn.o_proj.weight": [shape.hidden, q],
+              "layers.0.mlp.down_proj.weight": [shape.hidden, shape.intermediate],
+              "lm_head.weight": [shape.vocab, shape.hidden]}
     lines = []
     for name, (rows, cols) in shapes.items():
         local = [rows // tp, cols] if any(k in name for k in ROW_SPLIT) else [rows, cols // tp]
@@ -29,18 +30,13 @@ def expected_shapes(model_cfg: dict, tp: int, dp_shard: int) -> list[str]:
     return lines
 
 
-def print_dry_run(plan, cfg) -> None:
-    layout = cfg.layout
+def print_dry_run(prepared) -> None:
+    run = prepared.resolved
     echo = lambda text: click.echo(text, err=True)  # noqa: E731
-    echo(f"layout: {layout.product()}")
-    for axis in ("tp", "cp", "dp"):
-        echo(f"  {axis} groups: {layout.groups(axis)}")
-    echo(f"effective batch: {plan.global_batch} sequences per optimizer step; {plan.total_steps} steps")
-    try:
-        from transformers import AutoConfig
-        model_cfg = AutoConfig.from_pretrained(plan.model_path).to_dict()
-        for line in expected_shapes(model_cfg, layout.tp, layout.dp_shard):
+    for line in decision_lines(run):
+        echo(line)
+    echo(f"effective batch: {prepared.global_batch} sequences per optimizer step; {prepared.total_steps} steps")
+    if run.model is not None:
+        for line in expected_shapes(run.model, run.layout.tp, run.layout.dp_shard if run.zero3 else 1):
             echo(f"  {line}")
-    except (OSError, KeyError, ValueError) as exc:
-        echo(f"  (no sharding report: {exc})")
-    echo("deepspeed config: " + json.dumps(plan.ds_config, sort_keys=True))
+    echo("deepspeed config: " + json.dumps(prepared.ds_config, sort_keys=True))

@@ -12,14 +12,33 @@ from pathlib import Path
 from ds_tp.errors import Problem, UserError
 
 
+def _ssh(host: str, env: dict) -> list[str]:
+    extra = shlex.split(env.get("PDSH_SSH_ARGS_APPEND", ""))
+    return ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", *extra, host]
+
+
+def probe_remote_device(host, env: dict) -> dict:
+    """The ranks' device as the first host reports it (nvidia-smi over the same ssh pdsh uses): so
+    "auto" precision and DS_ACCELERATOR follow the hosts that train, not the launching host."""
+    from ds_tp.device import SMI_QUERY, cpu_facts, gpu_facts_from_smi
+    try:
+        done = subprocess.run([*_ssh(host.name, env), "nvidia-smi", *SMI_QUERY], capture_output=True, text=True,
+                              timeout=30, env=env)
+        out = done.stdout if done.returncode == 0 else ""
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    facts = gpu_facts_from_smi(out, f"nvidia-smi on {host.name}")
+    return dict(facts, count=host.slots) if facts else dict(cpu_facts(f"no GPU on {host.name} (nvidia-smi over ssh)"),
+                                                          count=0)
+
+
 def check_pdsh_hosts(hostfile: Path, hosts, env: dict) -> None:
     if not shutil.which("pdsh", path=env.get("PATH")):
         raise UserError(Problem("pdsh is not installed (apt-get install pdsh)", where=str(hostfile),
                                 hint="or choose --multinode-runner openmpi|slurm|mpich|impi|mvapich"))
-    extra = shlex.split(env.get("PDSH_SSH_ARGS_APPEND", ""))
     problems = []
     for host in hosts:
-        cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", *extra, host.name, "true"]
+        cmd = [*_ssh(host.name, env), "true"]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env)
             failed = done.returncode != 0

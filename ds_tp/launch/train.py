@@ -1,4 +1,4 @@
-"""`ds-tp train` and `ds-tp preprocess` in the launching process: config -> plan -> launcher."""
+"""`ds-tp train` in the launching process: hosts and device -> config -> prepared run -> launcher."""
 from __future__ import annotations
 
 import json
@@ -7,37 +7,64 @@ from pathlib import Path
 
 from ds_tp.config import Config, load_config
 from ds_tp.errors import Problem, UserError
-from ds_tp.launch.plan import PLAN_DIR, existing_checkpoints
+from ds_tp.runfiles import (DEEPSPEED_CONFIG, ENV_FILE, RESOLVED_CONFIG, RUN_FILE, PreparedRun,
+                            existing_checkpoints, read_state, run_dir)
+
+
+def target_device(flag: str | None, hosts=None, hostfile: Path | None = None, runner: str = "pdsh",
+                  env: dict | None = None, notify=None) -> dict:
+    """The device the ranks run on, which decides "auto" precision, fused kernels and DS_ACCELERATOR:
+    --target-device when given; with a pdsh hostfile, what the first host reports over ssh; with
+    another runner, the launching host's device, said in a notice; else this machine's."""
+    from ds_tp.device import named_target, probe_with_torch
+    slots = hosts[0].slots if hosts else None
+    if flag:
+        return named_target(flag, slots if slots is not None else 1)
+    if hosts and runner == "pdsh":
+        from ds_tp.launch.ssh_check import check_pdsh_hosts, probe_remote_device
+        check_pdsh_hosts(hostfile, hosts, env or {})
+        return probe_remote_device(hosts[0], env or {})
+    local = probe_with_torch()
+    if hosts:
+        if notify:
+            notify(f"notice: {hostfile}: the {runner} runner's hosts are not probed; 'auto' values follow this "
+                   f"machine's device ({local['name']}): pass --target-device cpu|cuda|cuda-fp16 if they differ")
+        return dict(local, count=slots)
+    return local
 
 
 def prepare_training(config: Path, overrides, num_processes: int | None, *, use_profiler: bool = False,
                      overwrite: bool = False, notify=None, machine_rank: int = 0, hostfile: Path | None = None,
-                     plugin_modules: tuple = ()):
-    """Everything before the launcher: (cfg, plan, plan_path, world, device). Shared by `train` and tests.
+                     hosts=None, plugin_modules: tuple = (), device: dict | None = None):
+    """Everything before the launcher: (cfg, prepared run, its path, world, device). Shared by `train` and tests.
 
-    On machine ranks > 0 the output_dir check is machine 0's job: a sibling node of the same run
-    must not refuse the folder that machine 0 has just started writing.
+    The config is loaded once, for the world resolve_world gives (--num-processes, the hostfile's
+    slots, or the ranks' GPU count). On machine ranks > 0 the output_dir check is machine 0's job: a
+    sibling node of the same run must not refuse the folder that machine 0 has just started writing.
     """
-    from ds_tp.device import probe_with_torch
-    from ds_tp.launch.plan import build_plan
+    from ds_tp.launch.prepare import prepare_run
 
-    device = probe_with_torch()
-    world = choose_world_size(config, overrides, num_processes, device["count"])
-    cfg = load_config(config, overrides, world, plugin_modules)
+    if hostfile and hosts is None:
+        from ds_tp.launch.hostfile import parse_hostfile
+        hosts = parse_hostfile(hostfile)
+    if hosts:
+        slots = sum(h.slots for h in hosts)
+        if num_processes and num_processes != slots:
+            raise UserError(Problem(f"--num-processes {num_processes} differs from the {slots} slots of the hostfile: "
+                                    "the runner starts a rank on every slot", where=str(hostfile),
+                                    hint="leave --num-processes out, or change the slots"))
+        num_processes = slots
+    device = device or target_device(None)
+    cfg = load_config(config, overrides, num_processes, plugin_modules, gpu_count=device["count"])
     if notify:
         notify(cfg)
-    if hostfile:
-        from ds_tp.launch.hostfile import check_hosts_fit_layout, parse_hostfile
-        check_hosts_fit_layout(hostfile, parse_hostfile(hostfile), cfg.layout.tp, cfg.layout.cp)
+    if hosts:
+        from ds_tp.launch.hostfile import check_hosts_fit_layout
+        check_hosts_fit_layout(hostfile, hosts, cfg.layout.tp, cfg.layout.cp)
     resume = resolve_resume(cfg)
-    plan = build_plan(cfg, device=device, resume_from=resume, use_profiler=use_profiler, overwrite=overwrite,
-                      check_output=machine_rank == 0)
-    return cfg, plan, write_run_files(plan, cfg, machine_rank), world, device
-
-
-def hostfile_world(hostfile: Path) -> int:
-    from ds_tp.launch.hostfile import parse_hostfile
-    return sum(h.slots for h in parse_hostfile(hostfile))
+    prepared = prepare_run(cfg, device=device, resume_from=resume, use_profiler=use_profiler, overwrite=overwrite,
+                           check_output=machine_rank == 0)
+    return cfg, prepared, write_run_files(prepared, cfg, machine_rank), cfg.layout.world, device
 
 
 # Variables every node's ranks need; the runner's own list only covers NCCL/PYTHON/UCX/MV2/MLFLOW.
@@ -45,22 +72,12 @@ CARRIED_PREFIXES = ("NCCL_", "HF_", "PYTHONPATH", "OMP_", "DS_TP_", "DS_ACCELERA
                     "TORCH_")
 
 
-def carry_environment(env: dict, run_dir: Path) -> Path:
+def carry_environment(env: dict, folder: Path) -> Path:
     """An env file for DeepSpeed's runner (DS_ENV_FILE), never the user's own ~/.deepspeed_env."""
     lines = [f"{k}={v}\n" for k, v in sorted(env.items()) if k.startswith(CARRIED_PREFIXES) and "\n" not in v]
-    path = run_dir / "deepspeed_env"
+    path = folder / ENV_FILE
     path.write_text("".join(lines))
     return path.resolve()
-
-
-def choose_world_size(config: Path, overrides, num_processes: int | None, gpu_count: int) -> int:
-    """--num-processes; else the layout's product when dp_shard_size is set; else the local GPU count."""
-    if num_processes:
-        return num_processes
-    probe = load_config(config, overrides, None)
-    if probe.values.get("dp_shard_size"):
-        return probe.layout.world
-    return max(1, gpu_count)
 
 
 def resolve_resume(cfg: Config) -> str | None:
@@ -69,21 +86,22 @@ def resolve_resume(cfg: Config) -> str | None:
     explicit = values.get("resume_from_checkpoint")
     if explicit:
         path = Path(explicit)
-        if not (path / "ds_tp_state.json").is_file():
-            raise UserError(Problem(f"{explicit} is not a complete ds-tp checkpoint (no ds_tp_state.json)",
-                                    where=cfg.where(("resume_from_checkpoint",)), key="resume_from_checkpoint"))
-        _check_same_layout(cfg, path)
+        try:
+            state = read_state(path)
+        except UserError as exc:
+            raise UserError(Problem(f"{exc.problems[0].message}", where=cfg.where(("resume_from_checkpoint",)),
+                                    key="resume_from_checkpoint")) from None
+        _check_same_layout(cfg, path, state)
         return str(path.resolve())
     if values.get("auto_resume_from_checkpoints"):
         done = existing_checkpoints(out)
         if done:
-            _check_same_layout(cfg, done[-1])
+            _check_same_layout(cfg, done[-1], read_state(done[-1]))
             return str(done[-1].resolve())
     return None
 
 
-def _check_same_layout(cfg: Config, checkpoint: Path) -> None:
-    state = json.loads((checkpoint / "ds_tp_state.json").read_text())
+def _check_same_layout(cfg: Config, checkpoint: Path, state: dict) -> None:
     saved = state.get("layout", {})
     now = {k: getattr(cfg.layout, k) for k in ("dp_replicate", "dp_shard", "tp", "cp")}
     if {k: saved.get(k) for k in now} != now:
@@ -93,15 +111,15 @@ def _check_same_layout(cfg: Config, checkpoint: Path) -> None:
                                 "from the exported model"))
 
 
-def write_run_files(plan, cfg: Config, machine_rank: int = 0) -> Path:
-    run_dir = Path(plan.output_dir) / PLAN_DIR
-    run_dir.mkdir(parents=True, exist_ok=True)
+def write_run_files(prepared: PreparedRun, cfg: Config, machine_rank: int = 0) -> Path:
+    folder = run_dir(prepared.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
     if machine_rank == 0:  # one writer when output_dir is shared storage
-        (run_dir / "resolved_config.json").write_text(json.dumps(cfg.values, indent=2, default=str))
-        (run_dir / "deepspeed_config.json").write_text(json.dumps(plan.ds_config, indent=2, sort_keys=True))
-    plan_path = run_dir / ("plan.json" if machine_rank == 0 else f"plan-machine{machine_rank}.json")
-    plan.write(plan_path)
-    return plan_path
+        (folder / RESOLVED_CONFIG).write_text(json.dumps(cfg.values, indent=2, default=str))
+        (folder / DEEPSPEED_CONFIG).write_text(json.dumps(prepared.ds_config, indent=2, sort_keys=True))
+    path = folder / (RUN_FILE if machine_rank == 0 else f"run-machine{machine_rank}.json")
+    prepared.write(path)
+    return path
 
 
 def format_command(cmd: list[str]) -> str:

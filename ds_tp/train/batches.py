@@ -16,7 +16,7 @@ IGNORE = -100
 
 
 @dataclass
-class BatchPlan:
+class BatchOrder:
     rows: int
     micro: int
     gas: int

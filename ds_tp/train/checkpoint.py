@@ -6,7 +6,6 @@ ds_tp_state.json is incomplete and never resumed from.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -15,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-STATE_FILE = "ds_tp_state.json"
-PREFIX = "checkpoint-"
+from ds_tp.runfiles import LATEST, checkpoint_dir, existing_checkpoints, read_state, tmp_save_tag, write_state
 
 
 def _fsync_tree(path: Path) -> None:
@@ -29,8 +27,8 @@ def _fsync_tree(path: Path) -> None:
 def save_checkpoint(engine, mesh, output_dir: Path, step: int, state: dict, keep_last: int | None) -> Path:
     import deepspeed.comm as dist
 
-    tmp_tag = f"tmp-save-{step}"
-    final = output_dir / f"{PREFIX}{step}"
+    tmp_tag = tmp_save_tag(step)
+    final = checkpoint_dir(output_dir, step)
     if mesh.is_main and (output_dir / tmp_tag).exists():
         shutil.rmtree(output_dir / tmp_tag)
     dist.barrier()
@@ -39,14 +37,14 @@ def save_checkpoint(engine, mesh, output_dir: Path, step: int, state: dict, keep
     torch.save(rng, output_dir / tmp_tag / f"rng_state_{mesh.rank}.pt")
     dist.barrier()
     if mesh.is_main:
-        (output_dir / tmp_tag / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
+        write_state(output_dir / tmp_tag, {**state, "step": step})
         _fsync_tree(output_dir / tmp_tag)
         if final.exists():
             shutil.rmtree(final)
         os.rename(output_dir / tmp_tag, final)
-        latest_tmp = output_dir / "latest.tmp"
+        latest_tmp = output_dir / f"{LATEST}.tmp"
         latest_tmp.write_text(final.name)
-        os.replace(latest_tmp, output_dir / "latest")
+        os.replace(latest_tmp, output_dir / LATEST)
         if keep_last:
             rotate(output_dir, keep_last)
     dist.barrier()
@@ -54,7 +52,6 @@ def save_checkpoint(engine, mesh, output_dir: Path, step: int, state: dict, keep
 
 
 def rotate(output_dir: Path, keep_last: int) -> None:
-    from ds_tp.launch.plan import existing_checkpoints
     for old in existing_checkpoints(output_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -70,4 +67,4 @@ def load_checkpoint(engine, mesh, checkpoint: Path) -> dict:
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
-    return json.loads((checkpoint / STATE_FILE).read_text())
+    return read_state(checkpoint)

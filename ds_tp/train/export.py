@@ -58,7 +58,8 @@ class ShardWriter:
 
 def export_hf(engine, mesh, plan, out_dir: Path) -> None:
     import deepspeed
-    from deepspeed.module_inject.layers import GatherReplacedLayerParams
+
+    from ds_tp.train.internals import gather_tp_params, persistent_buffer_names
 
     zero3 = engine.zero_optimization_stage() == 3
     tp = mesh.layout.tp > 1
@@ -74,15 +75,16 @@ def export_hf(engine, mesh, plan, out_dir: Path) -> None:
     def visit(module, prefix: str) -> None:
         params = list(module.parameters(recurse=False))
         gather = deepspeed.zero.GatheredParameters(params, modifier_rank=0) if zero3 and params else nullcontext()
-        with gather, GatherReplacedLayerParams(params, module, enabled=tp and bool(params)):
+        with gather, gather_tp_params(params, module, enabled=tp and bool(params)):
             if writer is not None:
                 for name, param in module.named_parameters(recurse=False):
                     key = param.ds_id if hasattr(param, "ds_id") else id(param)
                     if key not in seen:
                         seen.add(key)
                         writer.add(prefix + name, param.data)
+                keep = persistent_buffer_names(module)
                 for name, buf in module.named_buffers(recurse=False):
-                    if buf is not None and name not in module._non_persistent_buffers_set:
+                    if name in keep:
                         writer.add(prefix + name, buf)
         for name, child in module.named_children():
             visit(child, f"{prefix}{name}.")
@@ -95,5 +97,5 @@ def export_hf(engine, mesh, plan, out_dir: Path) -> None:
     engine.module.config.save_pretrained(str(out_dir))
     if getattr(engine.module, "generation_config", None) is not None:
         engine.module.generation_config.save_pretrained(str(out_dir))
-    from ds_tp.launch.plan import load_tokenizer
+    from ds_tp.model_config import load_tokenizer
     load_tokenizer(plan.model_path, plan.config).save_pretrained(str(out_dir))

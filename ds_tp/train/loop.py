@@ -17,28 +17,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ds_tp.train.batches import BatchPlan, collate, shard_sequence, trainable_tokens
+from ds_tp.train.batches import BatchOrder, collate, shard_sequence, trainable_tokens
 from ds_tp.train.checkpoint import save_checkpoint
 from ds_tp.train.flops import mfu
+from ds_tp.train.internals import disable_backward_allreduce
 from ds_tp.train.loss import linear_cross_entropy_sum
 from ds_tp.train.metrics import MetricsLog, Progress
 from ds_tp.train.nonfinite import StepGuard
 
 
 class Trainer:
-    def __init__(self, plan, mesh, engine, train_rows, eval_rows, pad_id: int, flops_token: float,
+    def __init__(self, plan, run, mesh, engine, train_rows, eval_rows, pad_id: int, flops_token: float,
                  peak: float | None, log):
         import deepspeed.comm as dist
 
         self.dist = dist
-        self.plan, self.mesh, self.engine, self.log = plan, mesh, engine, log
+        self.plan, self.resolved, self.mesh, self.engine, self.log = plan, run, mesh, engine, log
         self.train_rows, self.eval_rows, self.pad_id = train_rows, eval_rows, pad_id
         self.flops_token, self.peak = flops_token, peak
         cfg = plan.config
         self.micro = engine.train_micro_batch_size_per_gpu()
         self.gas = engine.gradient_accumulation_steps()
         self.layout = mesh.layout
-        self.batches = BatchPlan(rows=len(train_rows), micro=self.micro, gas=self.gas, dp=self.layout.dp,
+        self.batches = BatchOrder(rows=len(train_rows), micro=self.micro, gas=self.gas, dp=self.layout.dp,
                                  seed=int(cfg.get("seed", 42)), steps_per_epoch=plan.steps_per_epoch)
         labels = train_rows["labels"]
         self.tokens_in_loss = np.array([trainable_tokens(x) for x in labels], dtype=np.int64)
@@ -52,19 +53,18 @@ class Trainer:
         if engine.zero_optimization_stage() == 0 and self.layout.dp * self.layout.cp == 1:
             # One replica: nothing to average, but DeepSpeed would still flatten every gradient into
             # buckets and all-reduce them over a group of one (10 ms a step on the CPU benchmark).
-            engine.enable_backward_allreduce = False
+            disable_backward_allreduce(engine)
         self.head_weight = self._chunked_head(cfg)
         self.no_positions = torch.zeros(0, dtype=torch.long, device=self.device)
-        autocast = plan.ds_config.get("torch_autocast", {})  # the chunked loss runs outside engine.forward
-        dtype = getattr(torch, str(autocast.get("dtype", "bfloat16")).removeprefix("torch."))
-        self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if autocast.get("enabled") \
+        autocast = run.precision.autocast_dtype  # the chunked loss runs outside engine.forward
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=getattr(torch, autocast))) if autocast \
             else nullcontext
 
     def _chunked_head(self, cfg):
         """The LM head's weight when the chunked cross-entropy applies, else None (with the reason logged)."""
         if not cfg.get("chunked_cross_entropy"):
             return None
-        if self.engine.zero_optimization_stage() == 3 or self.layout.tp > 1:
+        if not self.resolved.head_is_rank_local:
             self.log("chunked_cross_entropy: the LM head is ZeRO-3-partitioned or TP-split on this layout; "
                      "using the standard cross-entropy")
             return None
@@ -79,7 +79,7 @@ class Trainer:
     # --- one forward ------------------------------------------------------------------------
     def _loss_sum(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of this rank's token losses, differentiable; same summed over the CP group)."""
-        batch = collate(rows, self.pad_id, multiple_of=self.layout.cp, pad_to=self.pad_to)
+        batch = collate(rows, self.pad_id, multiple_of=self.resolved.sequence_divisor, pad_to=self.pad_to)
         batch = shard_sequence(batch, self.mesh.coords["cp"], self.layout.cp)
         batch = self._to_device(batch)
         shift = batch.pop("shift_labels")
@@ -184,7 +184,7 @@ class Trainer:
         return StopAgreement(stop, self.mesh.control_group, grace)
 
     def _stopped(self, stop, halt, done: int, path: Path | None) -> None:
-        from ds_tp.launch.plan import existing_checkpoints
+        from ds_tp.runfiles import existing_checkpoints
         from ds_tp.train.preempt import write_marker
         why = None
         if path is None:
@@ -199,7 +199,8 @@ class Trainer:
 
     def _save(self, done: int) -> Path:
         plan = self.plan
-        state = {"total_steps": plan.total_steps, "global_batch": plan.global_batch, "layout": plan.layout,
+        state = {"total_steps": plan.total_steps, "global_batch": plan.global_batch, "layout": plan.run["layout"],
+                 "run": plan.run,
                  "world": self.mesh.world, "model_path": plan.model_path, "config": plan.config}
         path = save_checkpoint(self.engine, self.mesh, self.output_dir, done, state, plan.config.get("save_total_limit"))
         self.log(f"saved {path}")

@@ -29,8 +29,8 @@ def init_distributed(layout: Layout, timeout_s: int) -> Mesh:
     import deepspeed.comm as dist
     from deepspeed.accelerator import get_accelerator
 
-    # DeepSpeed JIT-compiles a shared-memory comm op (~24 s of g++) at init; training never uses it.
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    from ds_tp.train.internals import skip_shm_comm_build
+    skip_shm_comm_build()
     backend = get_accelerator().communication_backend_name()
     if backend == "ccl":
         backend = "gloo"  # oneCCL is rarely installed; gloo is what CPU ranks use here
@@ -48,17 +48,17 @@ def init_distributed(layout: Layout, timeout_s: int) -> Mesh:
                 control_group=control)
 
 
-def attach_sequence_parallel(mesh: Mesh, model_path: str, attn: str, micro: int, seq_len: int) -> None:
+def attach_sequence_parallel(mesh: Mesh, plan, run, attn: str, micro: int, seq_len: int) -> None:
     """Ulysses: patch transformers' attention and create the SP groups (before the model is built)."""
     if mesh.layout.cp == 1:
         return
     from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
 
-    source = model_path
+    source = plan.model_path
     if mesh.layout.tp > 1:
         from ds_tp.train.mesh_tp_cp import install_tp_cp_groups, per_tp_rank_config
         install_tp_cp_groups(mesh.layout, mesh.rank)
-        source = per_tp_rank_config(model_path, mesh.layout.tp, attn)
+        source = per_tp_rank_config(plan.model_path, plan.config, run.model, mesh.layout.tp, attn)
 
     mesh.mpu = UlyssesSPAttentionHF.register_with_transformers(
         model_name_or_path=source, core_attn_implementation=attn, sequence_parallel_size=mesh.layout.cp,

@@ -13,6 +13,7 @@ ZeRO partitions and reduces gradients over "data_parallel" = every rank with the
 from __future__ import annotations
 
 from ds_tp.translators.layout import Layout
+from ds_tp.translators.model_shape import ModelShape
 
 
 class OrthogonalMesh:
@@ -37,8 +38,7 @@ def _my_group(rank_sets: list[list[int]], rank: int):
 
 def install_tp_cp_groups(layout: Layout, rank: int):
     """Create the groups and install them in DeepSpeed's AutoTP and Ulysses state. Returns the SP group."""
-    from deepspeed.runtime.sequence_parallel import parallel_state_sp
-    from deepspeed.utils import groups
+    from ds_tp.train.internals import install_parallel_groups
 
     tp_group = _my_group(layout.groups("tp"), rank)
     sp_group = _my_group(layout.groups("cp"), rank)
@@ -46,30 +46,21 @@ def install_tp_cp_groups(layout: Layout, rank: int):
     for r in range(layout.world):
         by_tp_rank.setdefault(layout.coords(r)["tp"], []).append(r)
     seq_dp_group = _my_group(sorted(by_tp_rank.values()), rank)
-
-    groups._TENSOR_MODEL_PARALLEL_GROUP = tp_group
-    groups._MODEL_PARALLEL_GROUP = tp_group
-    groups._DATA_PARALLEL_GROUP = seq_dp_group
-    groups.mesh_device = OrthogonalMesh({"tensor_parallel": tp_group, "sequence_parallel": sp_group,
-                                         "data_parallel": seq_dp_group})
-    parallel_state_sp._SEQUENCE_PARALLEL_GROUP = sp_group
-    parallel_state_sp._SEQUENCE_DATA_PARALLEL_GROUP = seq_dp_group
-    # register_with_transformers calls this and would assert the groups are unset: keep ours.
-    parallel_state_sp.initialize_sequence_parallel = lambda sequence_parallel_size: None
+    install_parallel_groups(tp_group, sp_group, seq_dp_group, OrthogonalMesh(
+        {"tensor_parallel": tp_group, "sequence_parallel": sp_group, "data_parallel": seq_dp_group}))
     return sp_group
 
 
-def per_tp_rank_config(model_path: str, tp: int, attn: str):
+def per_tp_rank_config(model_path: str, cfg: dict, shape: ModelShape, tp: int, attn: str):
     """What Ulysses should size its all-to-all by: the heads one TP rank holds after AutoTP's split."""
-    from transformers import AutoConfig
+    from ds_tp.model_config import load_model_config
+    from ds_tp.train.internals import set_attn_implementation
 
-    config = AutoConfig.from_pretrained(model_path)
+    config = load_model_config(model_path, cfg)
     text = config.get_text_config()
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    text.head_dim = head_dim
-    text.num_attention_heads //= tp
-    text.num_key_value_heads = max(1, (text.num_key_value_heads or text.num_attention_heads * tp) // tp)
-    config._attn_implementation = attn
+    text.head_dim = shape.head_dim
+    text.num_attention_heads, text.num_key_value_heads = shape.per_tp_rank_heads(tp)
+    set_attn_implementation(config, attn)
 
     class LoadedModelShim:  # register_with_transformers accepts "a model" (anything with .config)
         pass

@@ -19,20 +19,16 @@ def attention_for(cfg: dict, accelerator: str, log) -> str:
     return attn
 
 
-def load_model(plan, mesh: Mesh, ds_config: dict, attn: str):
+def load_model(plan, run, attn: str):
     """(model, keep_alive). keep_alive must outlive the model build: HF reads the ZeRO-3 config from it."""
     import transformers.models.llama.modeling_llama  # noqa: F401  (import before zero.Init patches tensors)
     from transformers import AutoModelForCausalLM
 
     keep_alive = None
-    zero = ds_config.get("zero_optimization", {})
-    # AutoTP needs whole weights to split; hpZ's secondary copies are made at partition time and
-    # would keep the random init if weights were loaded into partitions afterwards (measured: the
-    # first loss differs). Those layouts load whole and let deepspeed.initialize partition.
-    if zero.get("stage", 0) == 3 and mesh.layout.tp == 1 and not zero.get("zero_hpz_partition_size"):
+    if run.loads_partitioned:  # see ResolvedRun.loads_partitioned for the layouts that load whole
         # Parameters are partitioned as each layer is built: no rank ever holds the whole model.
         from transformers.integrations import HfDeepSpeedConfig
-        keep_alive = HfDeepSpeedConfig(ds_config)
+        keep_alive = HfDeepSpeedConfig(plan.ds_config)
     model = AutoModelForCausalLM.from_pretrained(
         plan.model_path, attn_implementation=attn, dtype=torch.float32,
         trust_remote_code=bool(plan.config.get("trust_remote_code")))

@@ -20,6 +20,8 @@ import os
 
 import torch
 
+from ds_tp.train.internals import gradient_clipping, set_gradient_clipping
+
 
 class NonFiniteTraining(RuntimeError):
     """Training produced non-finite values and cannot go on; the last checkpoint is the last good one."""
@@ -37,7 +39,7 @@ class StepGuard:
         self.max_norm = 0.0
         if self.checks_grads and tp == 1 and engine.gradient_clipping() > 0 and not engine.fp16_enabled():
             self.max_norm = engine.gradient_clipping()
-            engine._config.gradient_clipping = 0.0  # clipped here, with the norm computed once
+            set_gradient_clipping(engine, 0.0)  # clipped here, with the norm computed once
         self.fault_steps = injected_fault_steps() if rank == 0 else set()
         self.skipped_before = engine.skipped_steps
         self.in_a_row = 0
@@ -62,15 +64,15 @@ class StepGuard:
         if bad.item():
             optimizer.zero_grad(set_to_none=True)
             optimizer.overflow = True  # DeepSpeed's engine: count the skip, keep the lr schedule where it is
-            self.clipping = self.engine._config.gradient_clipping
-            self.engine._config.gradient_clipping = 0.0
+            self.clipping = gradient_clipping(self.engine)
+            set_gradient_clipping(self.engine, 0.0)
         elif self.max_norm:
             torch.nn.utils.clip_grads_with_norm_(params, self.max_norm, norm, foreach=True)  # scales p.grad
 
     def after_optimizer_step(self, step: int) -> None:
         if self.checks_grads and getattr(self.engine.optimizer, "overflow", False):
             self.engine.optimizer.overflow = False
-            self.engine._config.gradient_clipping = self.clipping
+            set_gradient_clipping(self.engine, self.clipping)
         skipped = self.engine.skipped_steps
         self.in_a_row = self.in_a_row + 1 if skipped > self.skipped_before else 0
         self.skipped_before = skipped

@@ -1,4 +1,4 @@
-"""One rank: `python -m ds_tp.train.worker --plan output_dir/ds_tp/plan.json`, started by the launcher."""
+"""One rank: `python -m ds_tp.train.worker --run output_dir/ds_tp/run.json`, started by the launcher."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ds_tp.train.worker")
-    parser.add_argument("--plan", required=True)
+    parser.add_argument("--run", required=True)
     parser.add_argument("--local_rank", type=int, default=None)  # some launchers append it
     args = parser.parse_args(argv)
 
@@ -20,20 +20,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from ds_tp.data import load_prepared
     from ds_tp.device import probe_with_torch
-    from ds_tp.launch.plan import RunPlan, load_tokenizer
+    from ds_tp.model_config import load_tokenizer
+    from ds_tp.runfiles import PreparedRun
     from ds_tp.train.export import export_hf
     from ds_tp.train.flops import PEAK_SOURCE, flops_per_token, peak_flops
     from ds_tp.train.loop import Trainer
     from ds_tp.train.mesh import attach_sequence_parallel, init_distributed
     from ds_tp.train.model import attention_for, load_model, shapes_before_sharding, sharding_report
     from ds_tp.train.checkpoint import load_checkpoint
-    from ds_tp.translators.layout import Layout
 
     from ds_tp.train.preempt import StopRequest
     stop = StopRequest().install()  # before the slow start-up, so an early Ctrl-C is not lost
-    plan = RunPlan.read(Path(args.plan))
+    plan = PreparedRun.read(Path(args.run))
+    run = plan.resolved  # every decision was made before launch; this rank only reads them
     cfg = plan.config
-    layout = Layout(**plan.layout)
+    layout = run.layout
     mesh = init_distributed(layout, int(cfg.get("ddp_timeout", 1800)))
 
     def log(message: str) -> None:
@@ -46,9 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(seed)
     device = probe_with_torch()
     if device["accelerator"] == "cuda":
-        tf32 = cfg.get("tf32", "auto")
-        torch.backends.cuda.matmul.allow_tf32 = bool(device["tf32"]) if tf32 == "auto" else bool(tf32)
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = run.precision.tf32
+        torch.backends.cudnn.allow_tf32 = run.precision.tf32
 
     from ds_tp.plugins import apply_liger, call_hook, load_plugins
     plugins = load_plugins(plan.plugin_modules)
@@ -58,13 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     if layout.cp > 1 and attn == "sdpa":
         from ds_tp.train.attention import register_packed_sdpa
         attn = register_packed_sdpa()
-    attach_sequence_parallel(mesh, plan.model_path, attn, plan.ds_config["train_micro_batch_size_per_gpu"],
+    attach_sequence_parallel(mesh, plan, run, attn, plan.ds_config["train_micro_batch_size_per_gpu"],
                              int(cfg["sequence_len"]))
-    model, keep_alive = load_model(plan, mesh, plan.ds_config, attn)
+    model, keep_alive = load_model(plan, run, attn)
     call_hook(plugins, "post_model_load", cfg, model)
-    model_cfg = model.config
-    n_embed = model_cfg.vocab_size * model_cfg.hidden_size
-    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    shape = run.model
     global_shapes = shapes_before_sharding(model)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()
                                                                           if p.requires_grad],
@@ -73,20 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     compile_model(engine, cfg, device["accelerator"], log)
     log(f"layout {layout.product()}; effective batch {plan.global_batch} sequences "
         f"(micro {engine.train_micro_batch_size_per_gpu()} x gas {engine.gradient_accumulation_steps()} x dp "
-        f"{layout.dp}); ZeRO stage {engine.zero_optimization_stage()}; precision {plan.precision}; attention {attn}")
+        f"{layout.dp}); ZeRO stage {engine.zero_optimization_stage()}; precision {run.precision.name}; attention {attn}")
     for axis in ("tp", "cp", "dp"):
         log(f"{axis} groups: {layout.groups(axis)}")
     for line in sharding_report(engine, mesh, global_shapes):
         log(line)
-    if layout.tp > 1 and model_cfg.tie_word_embeddings:
+    if layout.tp > 1 and shape.tied:
         log("tied input/output embeddings: AutoTP keeps them replicated on every TP rank (not sharded)")
     for note in plan.notes:
         log(note)
-    flops_token = flops_per_token(n_params - 2 * n_embed if not model_cfg.tie_word_embeddings else n_params - n_embed,
-                                  model_cfg.num_hidden_layers, model_cfg.hidden_size, int(cfg["sequence_len"]))
-    peak = peak_flops(device["name"], plan.precision) if device["accelerator"] == "cuda" else None
+    flops_token = flops_per_token(shape.non_embedding_params, shape.layers, shape.hidden, int(cfg["sequence_len"]))
+    peak = peak_flops(device["name"], run.precision.name) if device["accelerator"] == "cuda" else None
     log(f"FLOPs/token {flops_token:.3g} = 6N + 12*L*H*T (Kaplan 2020 / PaLM app. B); peak "
-        + (f"{peak:.3g} FLOP/s ({PEAK_SOURCE})" if peak else f"unknown for {device['name']} ({plan.precision}): "
+        + (f"{peak:.3g} FLOP/s ({PEAK_SOURCE})" if peak else f"unknown for {device['name']} ({run.precision.name}): "
            "MFU not reported"))
 
     start = 0
@@ -102,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"resumed from {plan.resume_from} at step {start}")
     train_rows, eval_rows = load_prepared(Path(plan.prepared_path))
     pad_id = load_tokenizer(plan.model_path, cfg).pad_token_id
-    trainer = Trainer(plan, mesh, engine, train_rows, eval_rows, pad_id, flops_token, peak, log)
+    trainer = Trainer(plan, run, mesh, engine, train_rows, eval_rows, pad_id, flops_token, peak, log)
     reached = trainer.run(start, stop)
     if reached < plan.total_steps:
         return 0  # stopped by a signal after saving a checkpoint; no export of a half-trained model
@@ -129,12 +126,12 @@ def compile_model(engine, cfg: dict, accelerator: str, log) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     """main(), recording this rank's pid and, if it fails, its error for the launching process."""
-    from ds_tp.launch.plan import RunPlan
     from ds_tp.launch.watch import record_rank_error, record_rank_start
+    from ds_tp.runfiles import PreparedRun
 
-    plan_arg = (argv if argv is not None else sys.argv[1:])
-    plan_path = plan_arg[plan_arg.index("--plan") + 1] if "--plan" in plan_arg else None
-    output_dir = RunPlan.read(Path(plan_path)).output_dir if plan_path else None
+    args = (argv if argv is not None else sys.argv[1:])
+    run_file = args[args.index("--run") + 1] if "--run" in args else None
+    output_dir = PreparedRun.read(Path(run_file)).output_dir if run_file else None
     rank = int(os.environ.get("RANK", 0))
     if output_dir:
         record_rank_start(output_dir, rank)

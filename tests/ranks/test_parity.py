@@ -64,7 +64,7 @@ def max_diff(a, b):
 def test_layout_matches_one_process(reference, tmp_path, name, overrides, nproc):
     out = tmp_path / name
     got = losses(train(out, [*SHARP, *STEPS, *overrides], nproc))
-    plan = json.loads((out / "ds_tp" / "plan.json").read_text())
+    plan = json.loads((out / "ds_tp" / "run.json").read_text())
     ref_out, ref_losses = reference(plan["global_batch"])
     assert len(got) == len(ref_losses) == 6
     diffs = [abs(a - b) for a, b in zip(got, ref_losses)]

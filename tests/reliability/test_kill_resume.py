@@ -1,6 +1,6 @@
 """kill -9 of the whole job (ds-tp, launcher, ranks: one process group), then auto-resume: the losses
 logged after the resume equal an uninterrupted run's, bitwise on CPU, and metrics.jsonl reads as one run."""
-from ds_tp.launch.plan import existing_checkpoints
+from ds_tp.runfiles import existing_checkpoints
 from tests.conftest import EXAMPLES
 from tests.launcher.test_train_cli import ds_tp
 from tests.reliability.job import metrics, survivors, training_job, wait_for

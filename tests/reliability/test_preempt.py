@@ -4,7 +4,7 @@ import json
 import os
 import signal
 
-from ds_tp.launch.plan import checkpoint_step
+from ds_tp.runfiles import checkpoint_step
 from tests.conftest import EXAMPLES
 from tests.launcher.test_train_cli import ds_tp
 from tests.reliability.job import metrics, training_job, wait_for

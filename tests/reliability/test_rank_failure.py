@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from transformers import AutoModelForCausalLM
 
 from ds_tp.cli import main
-from ds_tp.launch.plan import existing_checkpoints
+from ds_tp.runfiles import existing_checkpoints
 from tests.reliability.job import survivors, training_job, wait_for
 
 

@@ -49,7 +49,7 @@ def test_symlinked_output_is_never_written_through(tmp_path):
     """fault: output_dir holds a symlink where ds-tp writes (metrics.jsonl -> a file elsewhere)
     does: refused before anything is written
     lost: nothing: the link's target is untouched"""
-    from ds_tp.launch.plan import check_output_dir
+    from ds_tp.launch.prepare import check_output_dir
     target = tmp_path / "elsewhere.txt"
     target.write_text("precious")
     out = tmp_path / "out"
@@ -67,8 +67,8 @@ def test_hostfile_launch_leaves_the_master_address_to_deepspeed(tmp_path):
 
     spec = LaunchSpec(launcher="deepspeed", world=2, num_machines=1, machine_rank=None, master_addr=None,
                       master_port=29500, hostfile=str(tmp_path / "hostfile"), runner="pdsh")
-    cmd = launcher_command(spec, "plan.json", tmp_path)
+    cmd = launcher_command(spec, "run.json", tmp_path)
     assert "--master_addr" not in cmd and "--no_ssh_check" in cmd
     spec.runner, spec.master_addr = "openmpi", "10.0.0.1"
-    cmd = launcher_command(spec, "plan.json", tmp_path)
+    cmd = launcher_command(spec, "run.json", tmp_path)
     assert "--no_ssh_check" not in cmd and cmd[cmd.index("--master_addr") + 1] == "10.0.0.1"

@@ -6,7 +6,8 @@ import pytest
 from ds_tp.config.rules import shape_findings
 from ds_tp.errors import UserError
 from ds_tp.translators.layout import Layout
-from ds_tp.translators.memory import (GIB, PRESETS, ModelShape, activation_bytes, all_layouts, bytes_per_param,
+from ds_tp.translators.model_shape import ModelShape
+from ds_tp.translators.memory import (GIB, PRESETS, activation_bytes, all_layouts, bytes_per_param,
                                       candidate_layouts, estimate_memory, layout_problems, rank_layouts,
                                       smallest_fitting)
 from tests.conftest import assert_cli_skips_heavy_imports, CARD, EXAMPLES
@@ -33,15 +34,19 @@ def test_parameter_counts():
 
 
 def test_bytes_per_parameter_follow_zero_paper():
-    assert bytes_per_param("bf16", "adamw") == (2, 2, 12)  # 2 + 2 + 12 (ZeRO sec. 3.1)
-    assert bytes_per_param("bf16", "sgd") == (2, 2, 4)  # fp32 master only
-    assert bytes_per_param("fp32", "adamw") == (4, 4, 8)  # no separate master copy in fp32
-    assert bytes_per_param("fp32", "sgd") == (4, 4, 0)
+    assert bytes_per_param(True, "adamw") == (2, 2, 12)  # 2 + 2 + 12 (ZeRO sec. 3.1)
+    assert bytes_per_param(True, "sgd") == (2, 2, 4)  # fp32 master only
+    assert bytes_per_param(False, "adamw") == (4, 4, 8)  # no separate master copy in fp32
+    assert bytes_per_param(False, "sgd") == (4, 4, 0)
 
 
 def test_stage_0_keeps_everything_and_stage_3_divides_by_dp():
-    whole = estimate_memory(ONE_LAYER, BF16_ADAM, Layout(1, 1, 1, 1), overhead_bytes=0)
+    whole = estimate_memory(ONE_LAYER, BF16_ADAM, Layout(2, 1, 1, 1), overhead_bytes=0)
     assert (whole.parameters, whole.gradients, whole.optimizer) == (2352, 2352, 14112)
+    # one GPU: bf16 runs as torch autocast (as translate emits it): fp32 weights and gradients, fp32 moments
+    one = estimate_memory(ONE_LAYER, BF16_ADAM, Layout(1, 1, 1, 1), overhead_bytes=0)
+    assert one.precision == "bf16-autocast"
+    assert (one.parameters, one.gradients, one.optimizer) == (4704, 4704, 9408)
     sharded = estimate_memory(ONE_LAYER, BF16_ADAM, Layout(1, 4, 1, 1), overhead_bytes=0)
     assert (sharded.parameters, sharded.gradients, sharded.optimizer) == (588, 588, 3528)
     assert sharded.hpz_copy == 0 and sharded.activations == whole.activations
@@ -124,7 +129,7 @@ def test_candidates_follow_the_shape_rules():
     assert any(lay.tp > 1 and lay.cp > 1 for lay in layouts)  # ds-tp composes TP and CP
     assert {lay.tp for lay in layouts} == {1, 2, 4} and {lay.cp for lay in layouts} == {1, 2, 4, 8}
     for tp, cp in [(1, 1), (2, 1), (8, 1), (1, 8), (1, 4), (1, 3)]:
-        rule = shape_findings(PRESETS["tinyllama-1.1b"], Layout(1, 1, tp, cp))
+        rule = shape_findings(tiny, Layout(1, 1, tp, cp))
         assert bool(layout_problems(tiny, tp, cp, 2048)) == bool(rule), (tp, cp)
     assert layout_problems(tiny, 1, 2, 2047) == ["sequence_len 2047 not divisible by cp 2"]
 

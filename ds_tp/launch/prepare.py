@@ -1,0 +1,93 @@
+"""Everything decided before any rank starts (model path, prepared data, step counts, the resolved
+run, the final DeepSpeed JSON): prepare_run builds the PreparedRun that ranks read (runfiles.py)."""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+from ds_tp.config import Config, to_problem
+from ds_tp.errors import Problem, UserError
+from ds_tp.model_config import load_model_config, load_tokenizer, resolve_model_path, shape_of
+from ds_tp.runfiles import CHECKPOINT_PREFIX, LATEST, METRICS, MODEL_FILES, RUN_DIR, PreparedRun
+
+
+def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """Refuse to write over another run's results unless resuming or told to (--overwrite)."""
+    if not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise UserError(Problem(f"{output_dir} exists and is not a folder", key="output_dir"))
+    ours = [p for p in output_dir.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) or p.name in
+            (METRICS, LATEST, RUN_DIR, *MODEL_FILES)]
+    links = [p.name for p in ours if p.is_symlink()]
+    if links:  # writes into them would land outside output_dir
+        raise UserError(Problem(f"{output_dir} holds symlinks where ds-tp writes ({', '.join(sorted(links))})",
+                                key="output_dir", hint="ds-tp never writes through symlinks: remove them"))
+    if not ours or resuming:
+        return
+    if not overwrite:
+        raise UserError(Problem(f"{output_dir} already holds a run ({', '.join(sorted(p.name for p in ours)[:3])}"
+                                "...)", key="output_dir", hint="pass --auto-resume-from-checkpoints to continue it, "
+                                "--overwrite to replace it, or choose another --output-dir"))
+    for path in ours:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def schedule(cfg: dict, train_rows: int, global_batch: int) -> tuple[int, int]:
+    """(steps_per_epoch, total_steps). The last incomplete global batch of an epoch is dropped."""
+    steps_per_epoch = train_rows // global_batch
+    if steps_per_epoch == 0:
+        raise UserError(Problem(f"the training data has {train_rows} rows, fewer than one global batch of "
+                                f"{global_batch} (micro x gas x data-parallel ranks)", key="micro_batch_size",
+                                hint="lower micro_batch_size or gradient_accumulation_steps, or add data"))
+    total = cfg.get("max_steps") or math.ceil(float(cfg.get("num_epochs", 1)) * steps_per_epoch)
+    return steps_per_epoch, int(total)
+
+
+def every(cfg: dict, steps_key: str, per_epoch_key: str, steps_per_epoch: int) -> int | None:
+    if cfg.get(steps_key):
+        return int(cfg[steps_key])
+    if cfg.get(per_epoch_key):
+        return max(1, steps_per_epoch // int(cfg[per_epoch_key]))
+    return None
+
+
+def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profiler: bool,
+                overwrite: bool, check_output: bool = True) -> PreparedRun:
+    from ds_tp.config.rules import shape_findings
+    from ds_tp.data import prepare_datasets
+    from ds_tp.ds_config import build_ds_config
+    from ds_tp.translators.deepspeed import TrainFacts
+    from ds_tp.translators.layout import effective_batch
+
+    values = cfg.values
+    output_dir = Path(values.get("output_dir", "./model-out"))
+    if check_output:
+        check_output_dir(output_dir, resuming=bool(resume_from), overwrite=overwrite)
+    model_path = resolve_model_path(values["base_model"], cfg.source.parent)
+    tokenizer = load_tokenizer(model_path, values)
+    shape = shape_of(load_model_config(model_path, values, where=cfg.where(("base_model",))), model_path)
+    shape_errors = shape_findings(shape, cfg.layout)
+    if shape_errors:
+        raise UserError([to_problem(cfg.source, cfg.marks, f) for f in shape_errors])
+    prepared = prepare_datasets(values, tokenizer, config_dir=cfg.source.parent)
+    global_batch = effective_batch(values["micro_batch_size"], values["gradient_accumulation_steps"], cfg.layout)
+    steps_per_epoch, total = schedule(values, prepared.train_rows, global_batch)
+    facts = TrainFacts(hidden_size=shape.hidden, total_steps=total)
+    translation, _ = build_ds_config(cfg, device, facts, model=shape)
+    assert translation.run is not None
+    logging_steps = values.get("logging_steps") or max(min(int(0.005 * total), 10), 1)
+    notes = [f"{prepared.train_rows} training rows ({'cached' if prepared.cache_hit else 'prepared'} in "
+             f"{prepared.path}), {prepared.dropped_long} dropped as longer than sequence_len"]
+    return PreparedRun(config=values, run=translation.run.to_dict(), ds_config=translation.config,
+                       model_path=model_path, prepared_path=str(prepared.path), output_dir=str(output_dir),
+                       train_rows=prepared.train_rows, eval_rows=prepared.eval_rows, global_batch=global_batch,
+                       steps_per_epoch=steps_per_epoch, total_steps=total, logging_steps=logging_steps,
+                       save_steps=every(values, "save_steps", "saves_per_epoch", steps_per_epoch),
+                       eval_steps=every(values, "eval_steps", "evals_per_epoch", steps_per_epoch)
+                       if prepared.eval_rows else None, resume_from=resume_from, use_profiler=use_profiler,
+                       notes=notes, plugin_modules=cfg.plugin_modules)
