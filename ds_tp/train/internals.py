@@ -6,10 +6,11 @@ renames one fails in one test instead of somewhere inside a rank.
 """
 from __future__ import annotations
 
+# Instance attributes (set in __init__) are listed as "Class.self.name": their class must assign them.
 RELIED_ON = [
     ("deepspeed.ops", "__compatible_ops__"),
-    ("deepspeed.runtime.engine", "DeepSpeedEngine.enable_backward_allreduce"),
-    ("deepspeed.runtime.config", "DeepSpeedConfig.gradient_clipping"),
+    ("deepspeed.runtime.engine", "DeepSpeedEngine.self.enable_backward_allreduce"),
+    ("deepspeed.runtime.config", "DeepSpeedConfig.self.gradient_clipping"),
     ("deepspeed.utils.groups", "_TENSOR_MODEL_PARALLEL_GROUP"),
     ("deepspeed.utils.groups", "_MODEL_PARALLEL_GROUP"),
     ("deepspeed.utils.groups", "_DATA_PARALLEL_GROUP"),
@@ -19,8 +20,28 @@ RELIED_ON = [
     ("deepspeed.runtime.sequence_parallel.parallel_state_sp", "initialize_sequence_parallel"),
     ("deepspeed.module_inject.layers", "GatherReplacedLayerParams"),
     ("transformers.configuration_utils", "PretrainedConfig._attn_implementation"),
-    ("torch.nn", "Module._non_persistent_buffers_set"),
+    ("torch.nn", "Module.self._non_persistent_buffers_set"),
 ]
+
+
+def missing_attributes() -> list[str]:
+    """RELIED_ON entries the installed libraries no longer have."""
+    import importlib
+    import inspect
+
+    missing = []
+    for module, dotted in RELIED_ON:
+        target = importlib.import_module(module)
+        owner, _, instance = dotted.partition(".self.")
+        gone = object()
+        for part in owner.split("."):
+            target = getattr(target, part, gone)
+            if target is gone:
+                break
+        if target is gone or (instance and f"self.{instance}" not in inspect.getsource(target)
+                              and f"'{instance}'" not in inspect.getsource(target)):
+            missing.append(f"{module}.{dotted}")
+    return missing
 
 
 def skip_shm_comm_build() -> None:
