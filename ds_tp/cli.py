@@ -133,6 +133,7 @@ def translate(ctx, config, world_size, num_processes, num_machines, hostfile, ou
         click.echo(text, nl=False)
     if explain:
         from rich.console import Console
+
         from ds_tp.explain import print_explain
         print_explain(translation, Console(stderr=True, width=160))
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-
 SMI_QUERY = ["--query-gpu=name,memory.total,compute_cap", "--format=csv,noheader,nounits"]
 TARGETS = ("cpu", "cuda", "cuda-fp16")  # --target-device: the ranks' device when not the launching host's
 

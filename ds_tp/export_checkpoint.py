@@ -22,9 +22,7 @@ def export_checkpoint(checkpoint: Path, out: Path) -> None:
     state = read_state(checkpoint)
     from transformers import AutoModelForCausalLM
 
-    from ds_tp.model_config import load_model_config
-
-    from ds_tp.model_config import load_tokenizer
+    from ds_tp.model_config import load_model_config, load_tokenizer
 
     tp_ranks = sorted({int(m.group(1)) for f in checkpoint.iterdir()
                        if (m := re.search(r"mp_rank_(\d+)_model_states\.pt$", f.name))})

@@ -89,8 +89,7 @@ LR, LR_WARMUP, SEED = 1e-4, 4, 42
 
 # the pure helpers live beside this file (tests/unit/test_bench.py loads them through this module)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_report import (WAYS, assemble, best_run, device_slug, round_orders, summary_lines,  # noqa: E402
-                          tokens_per_s)
+from bench_report import WAYS, assemble, best_run, device_slug, round_orders, summary_lines, tokens_per_s  # noqa: E402
 
 
 def versions() -> dict:

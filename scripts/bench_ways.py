@@ -8,7 +8,6 @@ from pathlib import Path
 
 from bench_report import ds_tp_window
 
-
 # --- the children ------------------------------------------------------------------------------
 
 def _peak_mem_gib() -> float:

@@ -17,8 +17,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from ds_tp.assets import (BUILTIN_MODELS, HELDOUT_SEED, QUICKSTART_SEED, assets_home,  # noqa: E402
-                          build_tiny_llama, generate_quickstart_rows)
+from ds_tp.assets import (  # noqa: E402
+    BUILTIN_MODELS,
+    HELDOUT_SEED,
+    QUICKSTART_SEED,
+    assets_home,
+    build_tiny_llama,
+    generate_quickstart_rows,
+)
 
 TRAIN_ROWS = 2000
 HELDOUT_ROWS = 64

@@ -3,6 +3,7 @@
 Pure: the device's facts (bf16/tf32 support) and, at train time, the model's hidden size and the
 run's total steps come in as arguments. What is not known yet is left out and listed as such.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,15 +62,30 @@ def translate(cfg: dict, run: ResolvedRun, facts: TrainFacts | None = None) -> T
     out = Translation(config={}, run=run)
     micro, gas = cfg["micro_batch_size"], cfg["gradient_accumulation_steps"]
     out.set("train_micro_batch_size_per_gpu", micro, "micro_batch_size", "sequences per rank per forward")
-    out.set("gradient_accumulation_steps", gas, "gradient_accumulation_steps",
-            "no train_batch_size: DeepSpeed would count TP/CP ranks as data parallel when checking it")
-    out.note("micro_batch_size x gradient_accumulation_steps x dp", "(effective batch)",
-             effective_batch(micro, gas, layout),
-             f"{micro} x {gas} x {layout.dp} (world {layout.world} / (tp {layout.tp} x cp {layout.cp}))")
-    out.set("gradient_clipping", float(cfg.get("max_grad_norm", 1.0)), "max_grad_norm",
-            "always emitted: DeepSpeed >= 0.19.3 clips at 1.0 unless told (0.0 = off)")
-    out.set("steps_per_print", 2**31 - 1, "ds-tp",
-            "ds-tp logs every logging_steps itself; DeepSpeed's duplicate step log is off")
+    out.set(
+        "gradient_accumulation_steps",
+        gas,
+        "gradient_accumulation_steps",
+        "no train_batch_size: DeepSpeed would count TP/CP ranks as data parallel when checking it",
+    )
+    out.note(
+        "micro_batch_size x gradient_accumulation_steps x dp",
+        "(effective batch)",
+        effective_batch(micro, gas, layout),
+        f"{micro} x {gas} x {layout.dp} (world {layout.world} / (tp {layout.tp} x cp {layout.cp}))",
+    )
+    out.set(
+        "gradient_clipping",
+        float(cfg.get("max_grad_norm", 1.0)),
+        "max_grad_norm",
+        "always emitted: DeepSpeed >= 0.19.3 clips at 1.0 unless told (0.0 = off)",
+    )
+    out.set(
+        "steps_per_print",
+        2**31 - 1,
+        "ds-tp",
+        "ds-tp logs every logging_steps itself; DeepSpeed's duplicate step log is off",
+    )
     out.set("wall_clock_breakdown", False, "ds-tp", "timers add syncs in the hot loop")
     _precision(run, out)
     _zero(cfg, run, facts, out)
@@ -87,8 +103,19 @@ def _precision(run: ResolvedRun, out: Translation) -> None:
     elif p.name == "bf16":
         out.set("bf16.enabled", True, "bf16", p.why)
     elif p.name == "fp16":
-        out.set("fp16", {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
-                         "hysteresis": 2, "min_loss_scale": 1}, "fp16", p.why + "; dynamic loss scaling")
+        out.set(
+            "fp16",
+            {
+                "enabled": True,
+                "loss_scale": 0,
+                "initial_scale_power": 16,
+                "loss_scale_window": 1000,
+                "hysteresis": 2,
+                "min_loss_scale": 1,
+            },
+            "fp16",
+            p.why + "; dynamic loss scaling",
+        )
     else:
         out.note("bf16/fp16", "(none)", "fp32", p.why)
     out.note("tf32", "(torch) allow_tf32", p.tf32, "not a DeepSpeed key: set on torch.backends at train time")
@@ -102,34 +129,66 @@ def _zero(cfg: dict, run: ResolvedRun, facts: TrainFacts, out: Translation) -> N
     if stage != 3:
         return
     state = fsdp.get("state_dict_type", "FULL_STATE_DICT")
-    out.set("zero_optimization.stage3_gather_16bit_weights_on_model_save", True,
-            "fsdp_config.state_dict_type" if "state_dict_type" in fsdp else "ds-tp",
-            f"{state}: the HF export gathers full 16-bit weights" if "state_dict_type" in fsdp
-            else "the HF export gathers full 16-bit weights")
+    out.set(
+        "zero_optimization.stage3_gather_16bit_weights_on_model_save",
+        True,
+        "fsdp_config.state_dict_type" if "state_dict_type" in fsdp else "ds-tp",
+        f"{state}: the HF export gathers full 16-bit weights"
+        if "state_dict_type" in fsdp
+        else "the HF export gathers full 16-bit weights",
+    )
     if fsdp.get("offload_params"):
-        out.set("zero_optimization.offload_param", {"device": "cpu", "pin_memory": True},
-                "fsdp_config.offload_params", "parameters live in CPU memory between uses")
+        out.set(
+            "zero_optimization.offload_param",
+            {"device": "cpu", "pin_memory": True},
+            "fsdp_config.offload_params",
+            "parameters live in CPU memory between uses",
+        )
     if fsdp.get("reshard_after_forward") is False:
-        out.set("zero_optimization.stage3_max_reuse_distance", BIG, "fsdp_config.reshard_after_forward",
-                "false: keep gathered parameters for the backward instead of re-gathering")
-        out.set("zero_optimization.stage3_max_live_parameters", BIG, "fsdp_config.reshard_after_forward",
-                "false: no cap on gathered parameters")
+        out.set(
+            "zero_optimization.stage3_max_reuse_distance",
+            BIG,
+            "fsdp_config.reshard_after_forward",
+            "false: keep gathered parameters for the backward instead of re-gathering",
+        )
+        out.set(
+            "zero_optimization.stage3_max_live_parameters",
+            BIG,
+            "fsdp_config.reshard_after_forward",
+            "false: no cap on gathered parameters",
+        )
     elif "reshard_after_forward" in fsdp:
-        out.note("fsdp_config.reshard_after_forward", "(default)", True,
-                 "ZeRO-3 releases parameters after use and re-gathers them in backward")
+        out.note(
+            "fsdp_config.reshard_after_forward",
+            "(default)",
+            True,
+            "ZeRO-3 releases parameters after use and re-gathers them in backward",
+        )
     if facts.hidden_size:
         h = facts.hidden_size
-        out.set("zero_optimization.stage3_param_persistence_threshold", 10 * h, "ds-tp",
-                f"10 x hidden ({h}): small tensors (norms, biases) stay whole, matrices are sharded")
+        out.set(
+            "zero_optimization.stage3_param_persistence_threshold",
+            10 * h,
+            "ds-tp",
+            f"10 x hidden ({h}): small tensors (norms, biases) stay whole, matrices are sharded",
+        )
         out.set("zero_optimization.stage3_prefetch_bucket_size", int(0.9 * h * h), "ds-tp", "0.9 x hidden^2")
         out.set("zero_optimization.reduce_bucket_size", h * h, "ds-tp", "hidden^2")
     else:
-        out.note("ds-tp", "zero_optimization.stage3_param_persistence_threshold / stage3_prefetch_bucket_size / "
-                 "reduce_bucket_size", "(train time)", "filled from the model's hidden size when it is loaded")
+        out.note(
+            "ds-tp",
+            "zero_optimization.stage3_param_persistence_threshold / stage3_prefetch_bucket_size / reduce_bucket_size",
+            "(train time)",
+            "filled from the model's hidden size when it is loaded",
+        )
     if layout.dp_replicate > 1:  # run.hpz_partition_size, before a user's JSON could change the stage
-        out.set("zero_optimization.zero_hpz_partition_size", layout.dp_shard, "dp_replicate_size",
-                f"ZeRO++ hpZ: a secondary weight copy sharded within groups of {layout.dp_shard} ranks, so the "
-                f"backward all-gather stays inside a replica; optimizer state still spans all {layout.dp} DP ranks")
+        out.set(
+            "zero_optimization.zero_hpz_partition_size",
+            layout.dp_shard,
+            "dp_replicate_size",
+            f"ZeRO++ hpZ: a secondary weight copy sharded within groups of {layout.dp_shard} ranks, so the "
+            f"backward all-gather stays inside a replica; optimizer state still spans all {layout.dp} DP ranks",
+        )
 
 
 def _parallel(layout: Layout, out: Translation) -> None:
@@ -144,8 +203,13 @@ def _optimizer(cfg: dict, run: ResolvedRun, out: Translation) -> None:
     lr = float(cfg["learning_rate"])
     wd = float(cfg.get("weight_decay", 0.0))
     if name in ADAMW_NAMES:
-        params = {"lr": lr, "betas": [float(cfg.get("adam_beta1", 0.9)), float(cfg.get("adam_beta2", 0.999))],
-                  "eps": float(cfg.get("adam_epsilon", 1e-8)), "weight_decay": wd, "torch_adam": True}
+        params = {
+            "lr": lr,
+            "betas": [float(cfg.get("adam_beta1", 0.9)), float(cfg.get("adam_beta2", 0.999))],
+            "eps": float(cfg.get("adam_epsilon", 1e-8)),
+            "weight_decay": wd,
+            "torch_adam": True,
+        }
         why = "torch.optim.AdamW (torch_adam: no JIT-built fused_adam)"
         if name == "adamw_torch_fused":
             if run.fused_adamw:
@@ -153,11 +217,20 @@ def _optimizer(cfg: dict, run: ResolvedRun, out: Translation) -> None:
             why += "; fused kernel on CUDA" if run.fused_adamw else "; fused only on CUDA, off here"
         out.set("optimizer", {"type": "AdamW", "params": params}, "optimizer, learning_rate, weight_decay", why)
     elif name == "sgd":
-        out.set("optimizer", {"type": "SGD", "params": {"lr": lr, "weight_decay": wd}}, "optimizer",
-                "torch.optim.SGD, no momentum (as HF's sgd)")
+        out.set(
+            "optimizer",
+            {"type": "SGD", "params": {"lr": lr, "weight_decay": wd}},
+            "optimizer",
+            "torch.optim.SGD, no momentum (as HF's sgd)",
+        )
     else:
-        out.findings.append(Finding(("optimizer",), f"optimizer {name!r} is not implemented by ds-tp",
-                                    "use adamw_torch_fused, adamw_torch or sgd"))
+        out.findings.append(
+            Finding(
+                ("optimizer",),
+                f"optimizer {name!r} is not implemented by ds-tp",
+                "use adamw_torch_fused, adamw_torch or sgd",
+            )
+        )
         return
     out.set("zero_allow_untested_optimizer", True, "ds-tp", "torch optimizers are not on ZeRO's tested list")
 
@@ -176,45 +249,91 @@ def _scheduler(cfg: dict, facts: TrainFacts, out: Translation) -> None:
     total = facts.total_steps or cfg.get("max_steps")
     warm = warmup_steps(cfg, total)
     if name not in SCHEDULERS:
-        out.findings.append(Finding(("lr_scheduler",), f"lr_scheduler {name!r} is not implemented by ds-tp",
-                                    "use " + ", ".join(sorted(SCHEDULERS))))
+        out.findings.append(
+            Finding(
+                ("lr_scheduler",),
+                f"lr_scheduler {name!r} is not implemented by ds-tp",
+                "use " + ", ".join(sorted(SCHEDULERS)),
+            )
+        )
         return
     src = "lr_scheduler, warmup_steps/warmup_ratio"
     if warm is None:
         out.note(src, "scheduler", "(train time)", "warmup_ratio needs the total step count, known from the data")
         return
     # DeepSpeed >= 0.19.4 refuses 0 warmup steps: with no warmup the floor is set to the peak instead.
-    floor_why = "no warmup: floor = peak, since DeepSpeed refuses warmup_num_steps 0" if warm == 0 else \
-        f"{warm} linear warmup steps"
+    floor_why = (
+        "no warmup: floor = peak, since DeepSpeed refuses warmup_num_steps 0"
+        if warm == 0
+        else f"{warm} linear warmup steps"
+    )
     steps = max(warm, 1)
     if name == "constant" and warm == 0:
         out.note("lr_scheduler", "scheduler", "(none)", "constant rate: the optimizer's lr, no scheduler block")
         return
     if name in ("constant", "constant_with_warmup"):
-        out.set("scheduler", {"type": "WarmupLR", "params": {
-            "warmup_min_lr": lr if warm == 0 else 0.0, "warmup_max_lr": lr, "warmup_num_steps": steps,
-            "warmup_type": "linear"}}, src, floor_why)
+        out.set(
+            "scheduler",
+            {
+                "type": "WarmupLR",
+                "params": {
+                    "warmup_min_lr": lr if warm == 0 else 0.0,
+                    "warmup_max_lr": lr,
+                    "warmup_num_steps": steps,
+                    "warmup_type": "linear",
+                },
+            },
+            src,
+            floor_why,
+        )
         return
     if not total:
         out.note(src, "scheduler", "(train time)", f"{name} needs total_num_steps: from max_steps or the data")
         return
     if name == "linear":
-        out.set("scheduler", {"type": "WarmupDecayLR", "params": {
-            "total_num_steps": int(total), "warmup_min_lr": lr if warm == 0 else 0.0, "warmup_max_lr": lr,
-            "warmup_num_steps": steps, "warmup_type": "linear"}}, src, f"linear decay to 0; {floor_why}")
+        out.set(
+            "scheduler",
+            {
+                "type": "WarmupDecayLR",
+                "params": {
+                    "total_num_steps": int(total),
+                    "warmup_min_lr": lr if warm == 0 else 0.0,
+                    "warmup_max_lr": lr,
+                    "warmup_num_steps": steps,
+                    "warmup_type": "linear",
+                },
+            },
+            src,
+            f"linear decay to 0; {floor_why}",
+        )
         return
     min_ratio = float(cfg.get("cosine_min_lr_ratio") or 0.0)
-    out.set("scheduler", {"type": "WarmupCosineLR", "params": {
-        "total_num_steps": int(total), "warmup_min_ratio": 1.0 if warm == 0 else 0.0, "warmup_num_steps": steps,
-        "cos_min_ratio": min_ratio, "warmup_type": "linear"}}, src + ", cosine_min_lr_ratio",
-        f"cosine to {min_ratio} x lr; {floor_why}")
+    out.set(
+        "scheduler",
+        {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": int(total),
+                "warmup_min_ratio": 1.0 if warm == 0 else 0.0,
+                "warmup_num_steps": steps,
+                "cos_min_ratio": min_ratio,
+                "warmup_type": "linear",
+            },
+        },
+        src + ", cosine_min_lr_ratio",
+        f"cosine to {min_ratio} x lr; {floor_why}",
+    )
 
 
 def _monitors(cfg: dict, out: Translation) -> None:
     out_dir = str(cfg.get("output_dir", "./model-out")).rstrip("/")
     if cfg.get("use_tensorboard"):
-        out.set("tensorboard", {"enabled": True, "output_path": f"{out_dir}/runs", "job_name": "ds-tp"},
-                "use_tensorboard", "DeepSpeed's tensorboard monitor")
+        out.set(
+            "tensorboard",
+            {"enabled": True, "output_path": f"{out_dir}/runs", "job_name": "ds-tp"},
+            "use_tensorboard",
+            "DeepSpeed's tensorboard monitor",
+        )
     if cfg.get("wandb_project") and cfg.get("wandb_mode") != "disabled":
         block = {"enabled": True, "project": cfg["wandb_project"]}
         if cfg.get("wandb_entity"):
@@ -229,6 +348,7 @@ def merge_user_config(out: Translation, user: dict, source: str = "deepspeed") -
 
     "auto" values (HF/Axolotl JSON files are full of them) keep the generated value.
     """
+
     def merge(dst: dict, src: dict, prefix: str) -> None:
         for key, value in src.items():
             dotted = f"{prefix}{key}"
@@ -238,8 +358,13 @@ def merge_user_config(out: Translation, user: dict, source: str = "deepspeed") -
                 merge(dst[key], value, dotted + ".")
                 continue
             if key in dst and dst[key] != value:
-                out.findings.append(Finding((source,), f"overrides the generated {dotted} "
-                                            f"({_short(dst[key])} -> {_short(value)})", level="warning"))
+                out.findings.append(
+                    Finding(
+                        (source,),
+                        f"overrides the generated {dotted} ({_short(dst[key])} -> {_short(value)})",
+                        level="warning",
+                    )
+                )
             dst[key] = value
             out.rows.append(ExplainRow(source, dotted, value, "from the user's deepspeed config"))
 

@@ -4,6 +4,7 @@ Rank order (innermost first): tp, cp, dp_shard, dp_replicate. Adjacent ranks sha
 group, so TP (the chattiest dimension) stays inside a node; replicas are the outermost dimension,
 so hpZ's replicate traffic is the only thing that crosses nodes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,10 @@ class Layout:
         return self.dp_replicate * self.dp_shard
 
     def product(self) -> str:
-        return (f"dp_replicate({self.dp_replicate}) * dp_shard({self.dp_shard}) * tp({self.tp}) "
-                f"* cp({self.cp}) = {self.world}")
+        return (
+            f"dp_replicate({self.dp_replicate}) * dp_shard({self.dp_shard}) * tp({self.tp}) "
+            f"* cp({self.cp}) = {self.world}"
+        )
 
     def coords(self, rank: int) -> dict[str, int]:
         """This rank's position on each axis."""
@@ -40,8 +43,13 @@ class Layout:
         cp_rank = (rank // self.tp) % self.cp
         shard = (rank // (self.tp * self.cp)) % self.dp_shard
         replica = rank // (self.tp * self.cp * self.dp_shard)
-        return {"tp": tp_rank, "cp": cp_rank, "dp_shard": shard, "dp_replicate": replica,
-                "dp": replica * self.dp_shard + shard}
+        return {
+            "tp": tp_rank,
+            "cp": cp_rank,
+            "dp_shard": shard,
+            "dp_replicate": replica,
+            "dp": replica * self.dp_shard + shard,
+        }
 
     def groups(self, axis: str) -> list[list[int]]:
         """Rank sets that vary along one axis (tp, cp, dp) with every other coordinate fixed."""
@@ -73,10 +81,14 @@ def resolve_world(cfg: dict, requested: int | None, gpu_count: int | None) -> in
     """
     if requested:
         return requested
-    rest = (_int(cfg, "dp_replicate_size") or 1) * (_int(cfg, "tensor_parallel_size") or 1) \
+    rest = (
+        (_int(cfg, "dp_replicate_size") or 1)
+        * (_int(cfg, "tensor_parallel_size") or 1)
         * (_int(cfg, "context_parallel_size") or 1)
-    if _int(cfg, "dp_shard_size"):
-        return rest * _int(cfg, "dp_shard_size")
+    )
+    shard = _int(cfg, "dp_shard_size")
+    if shard:
+        return rest * shard
     if gpu_count and gpu_count >= rest and gpu_count % rest == 0:
         return gpu_count
     return rest
@@ -98,12 +110,22 @@ def resolve_layout(cfg: dict, world_size: int | None) -> tuple[Layout | None, li
             return Layout(rep, 1, tp, cp, dp_shard_inferred=True), []
         rest = rep * tp * cp
         if world_size % rest:
-            return None, [Finding(anchor, f"cannot infer dp_shard_size: world {world_size} is not divisible by "
-                                  f"dp_replicate({rep}) * tp({tp}) * cp({cp}) = {rest}",
-                                  "change the sizes or the number of processes")]
+            return None, [
+                Finding(
+                    anchor,
+                    f"cannot infer dp_shard_size: world {world_size} is not divisible by "
+                    f"dp_replicate({rep}) * tp({tp}) * cp({cp}) = {rest}",
+                    "change the sizes or the number of processes",
+                )
+            ]
         return Layout(rep, world_size // rest, tp, cp, dp_shard_inferred=True), []
     layout = Layout(rep, shard, tp, cp)
     if world_size is not None and layout.world != world_size:
-        return None, [Finding(anchor, f"{layout.product()} != world {world_size}",
-                              f"the product of the sizes must equal the number of processes ({world_size})")]
+        return None, [
+            Finding(
+                anchor,
+                f"{layout.product()} != world {world_size}",
+                f"the product of the sizes must equal the number of processes ({world_size})",
+            )
+        ]
     return layout, []

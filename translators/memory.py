@@ -21,6 +21,7 @@ Where the formulas come from:
 - FRAMEWORK_OVERHEAD_GIB is an assumption, not a measurement: CUDA context and kernels, NCCL
   communicators and their buffers, and the caching allocator's fragmentation floor.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,22 +40,57 @@ ASSUMED_GPU = {"accelerator": "cuda", "bf16": True, "name": "the planned GPUs"} 
 
 # Real shapes (the models' config.json), so `plan` never asks the hub.
 PRESETS = {
-    "tinyllama-1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                           num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False),
-    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
-    "llama-3.1-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                          num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
-    "llama-3.1-405b": dict(hidden_size=16384, intermediate_size=53248, num_hidden_layers=126,
-                           num_attention_heads=128, num_key_value_heads=8, vocab_size=128256,
-                           tie_word_embeddings=False),
+    "tinyllama-1.1b": dict(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
+    "llama-3.1-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+    ),
+    "llama-3.1-70b": dict(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+    ),
+    "llama-3.1-405b": dict(
+        hidden_size=16384,
+        intermediate_size=53248,
+        num_hidden_layers=126,
+        num_attention_heads=128,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+    ),
 }
 HUB_PRESETS = {  # lower-case hub id -> preset
-    **{f"meta-llama/{p}llama-3.1-{size}{s}": f"llama-3.1-{size}" for p in ("", "meta-")
-       for size in ("8b", "70b", "405b") for s in ("", "-instruct")},
-    **{f"tinyllama/{name}": "tinyllama-1.1b" for name in (
-        "tinyllama-1.1b-chat-v1.0", "tinyllama_v1.1", "tinyllama-1.1b-intermediate-step-1431k-3t")},
+    **{
+        f"meta-llama/{p}llama-3.1-{size}{s}": f"llama-3.1-{size}"
+        for p in ("", "meta-")
+        for size in ("8b", "70b", "405b")
+        for s in ("", "-instruct")
+    },
+    **{
+        f"tinyllama/{name}": "tinyllama-1.1b"
+        for name in ("tinyllama-1.1b-chat-v1.0", "tinyllama_v1.1", "tinyllama-1.1b-intermediate-step-1431k-3t")
+    },
 }
+
+
 def bytes_per_param(half: bool, optimizer: str) -> tuple[int, int, int]:
     """(weights, gradients, optimizer state) per parameter, ZeRO paper sec. 3.1. half: 16-bit weights
     and gradients with an fp32 master copy (bf16/fp16 blocks); torch autocast keeps fp32 ones."""
@@ -87,17 +123,26 @@ class Estimate:
         return self.model_states + self.buffers + self.activations + self.logits + self.overhead
 
 
-def activation_bytes(shape: ModelShape, seq: int, micro: int, layout: Layout, act_bytes: int,
-                     checkpointing: bool, attn: str | None = None) -> tuple[int, int]:
+def activation_bytes(
+    shape: ModelShape,
+    seq: int,
+    micro: int,
+    layout: Layout,
+    act_bytes: int,
+    checkpointing: bool,
+    attn: str | None = None,
+) -> tuple[int, int]:
     """(activations kept for backward, logits at the loss's peak) on one rank."""
     tp, cp, e = layout.tp, layout.cp, act_bytes
     tokens = micro * math.ceil(seq / cp)  # Ulysses: each rank holds seq/cp tokens outside attention
     h, q, kv = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     norm = 4 + 2 * e  # HF RMSNorm keeps its input in fp32, the normalised value and the weighted output
-    per_token = (2 * h * norm  # the two norms of a layer (not split by TP)
-                 + (q + 2 * kv) * e / tp  # q and k after RoPE, v: kept by attention
-                 + 2 * q * e / tp  # attention output: kept by the kernel and, transposed, by o_proj
-                 + 4 * shape.intermediate * e / tp)  # gate, up, silu(gate), silu(gate) * up
+    per_token = (
+        2 * h * norm  # the two norms of a layer (not split by TP)
+        + (q + 2 * kv) * e / tp  # q and k after RoPE, v: kept by attention
+        + 2 * q * e / tp  # attention output: kept by the kernel and, transposed, by o_proj
+        + 4 * shape.intermediate * e / tp
+    )  # gate, up, silu(gate), silu(gate) * up
     layer = tokens * per_token
     if attn == "eager":  # the softmax probabilities, heads / (tp x cp) over the whole sequence
         layer += micro * shape.heads / (tp * cp) * seq * seq * e
@@ -110,8 +155,14 @@ def activation_bytes(shape: ModelShape, seq: int, micro: int, layout: Layout, ac
     return int(kept), int(logits)
 
 
-def estimate_memory(model: dict | ModelShape, cfg: dict, layout: Layout, *, device: dict | None = None,
-                    overhead_bytes: int | None = None) -> Estimate:
+def estimate_memory(
+    model: dict | ModelShape,
+    cfg: dict,
+    layout: Layout,
+    *,
+    device: dict | None = None,
+    overhead_bytes: int | None = None,
+) -> Estimate:
     """Bytes per GPU for this model, config values and layout. `device` resolves bf16: auto
     (default: GPUs with bf16); overhead_bytes defaults to FRAMEWORK_OVERHEAD_GIB."""
     shape = model if isinstance(model, ModelShape) else ModelShape.from_config(model)
@@ -133,19 +184,36 @@ def estimate_memory(model: dict | ModelShape, cfg: dict, layout: Layout, *, devi
         live = per_rank  # nothing is released between forward and backward
         notes.append("reshard_after_forward: false keeps every gathered weight")
     elif zero3:  # the module in use (the embedding is gathered whole) + the prefetch bucket (0.9 h^2)
-        live = max(shape.embedding_params, shape.layer_linear_params / layout.tp) + 0.9 * shape.hidden ** 2
+        live = max(shape.embedding_params, shape.layer_linear_params / layout.tp) + 0.9 * shape.hidden**2
     else:
         live = 0
-    buffers = live * w + (shape.hidden ** 2 * g if zero3 else 0)
+    buffers = live * w + (shape.hidden**2 * g if zero3 else 0)
     if not zero3 and layout.dp > 1:
         buffers = min(per_rank, STAGE0_ALLREDUCE_BUCKET) * g
     act_bytes = run.precision.activation_bytes
-    acts, logits = activation_bytes(shape, int(cfg.get("sequence_len", 512)), int(cfg.get("micro_batch_size", 1)),
-                                    layout, act_bytes, bool(cfg.get("gradient_checkpointing")),
-                                    cfg.get("attn_implementation"))
+    acts, logits = activation_bytes(
+        shape,
+        int(cfg.get("sequence_len", 512)),
+        int(cfg.get("micro_batch_size", 1)),
+        layout,
+        act_bytes,
+        bool(cfg.get("gradient_checkpointing")),
+        cfg.get("attn_implementation"),
+    )
     overhead = int(FRAMEWORK_OVERHEAD_GIB * GIB) if overhead_bytes is None else overhead_bytes
-    return Estimate(layout, run.precision.name, int(params), int(grads), int(optim), int(hpz), int(buffers), acts, logits,
-                    overhead, tuple(notes))
+    return Estimate(
+        layout,
+        run.precision.name,
+        int(params),
+        int(grads),
+        int(optim),
+        int(hpz),
+        int(buffers),
+        acts,
+        logits,
+        overhead,
+        tuple(notes),
+    )
 
 
 def layout_problems(shape: ModelShape, tp: int, cp: int, seq: int) -> list[str]:
@@ -199,13 +267,22 @@ def _why(est: Estimate, gpu_bytes: float, per_node: int) -> str:
         span = "inside one node" if group <= per_node else f"across {math.ceil(group / per_node)} nodes"
         parts.append(f"ZeRO-3 over {lay.dp * lay.cp}, weight all-gathers {span}")
     if lay.dp_replicate > 1 and lay.dp_shard > 1:
-        parts.append(f"hpZ: +{est.hpz_copy / GIB:.1f} GiB secondary weights"
-                     + (", no gain in one node" if lay.world <= per_node else ""))
+        parts.append(
+            f"hpZ: +{est.hpz_copy / GIB:.1f} GiB secondary weights"
+            + (", no gain in one node" if lay.world <= per_node else "")
+        )
     return "; ".join(parts)
 
 
-def all_layouts(model: dict | ModelShape, cfg: dict, gpus: int, gpu_memory_gib: float, *,
-                gpus_per_node: int = 8, device: dict | None = None) -> list[Ranked]:
+def all_layouts(
+    model: dict | ModelShape,
+    cfg: dict,
+    gpus: int,
+    gpu_memory_gib: float,
+    *,
+    gpus_per_node: int = 8,
+    device: dict | None = None,
+) -> list[Ranked]:
     """Every candidate layout, best first: fitting with margin, then fitting tightly, then the
     closest misses. Among those that fit: smaller tp x cp (less TP/CP traffic, more data
     parallel), TP before CP (it divides weights too; CP is for long sequences), weight all-gathers
@@ -217,28 +294,38 @@ def all_layouts(model: dict | ModelShape, cfg: dict, gpus: int, gpu_memory_gib: 
     ranked = []
     for lay in candidate_layouts(shape, int(cfg.get("sequence_len", 512)), gpus, node):
         est = estimate_memory(shape, cfg, lay, device=device)
-        ranked.append(Ranked(est, est.total <= gpu_bytes, est.total <= (1 - MARGIN) * gpu_bytes,
-                             _why(est, gpu_bytes, node)))
+        ranked.append(
+            Ranked(est, est.total <= gpu_bytes, est.total <= (1 - MARGIN) * gpu_bytes, _why(est, gpu_bytes, node))
+        )
 
     def key(r: Ranked):
         lay = r.estimate.layout
         if not r.fits:  # closest misses first
             return (True, True, r.estimate.total)
         in_node = lay.dp_shard > 1 and lay.dp_shard * lay.tp * lay.cp <= node  # as _why says
-        return (False, not r.comfortable, lay.tp * lay.cp, lay.cp > 1, not in_node, lay.dp_replicate,
-                r.estimate.total)
+        return (False, not r.comfortable, lay.tp * lay.cp, lay.cp > 1, not in_node, lay.dp_replicate, r.estimate.total)
+
     return sorted(ranked, key=key)
 
 
-def rank_layouts(model: dict | ModelShape, cfg: dict, gpus: int, gpu_memory_gib: float, *,
-                 gpus_per_node: int = 8, device: dict | None = None) -> list[Ranked]:
+def rank_layouts(
+    model: dict | ModelShape,
+    cfg: dict,
+    gpus: int,
+    gpu_memory_gib: float,
+    *,
+    gpus_per_node: int = 8,
+    device: dict | None = None,
+) -> list[Ranked]:
     """The layouts of `gpus` GPUs that fit in gpu_memory_gib each, best first (see all_layouts)."""
-    return [r for r in all_layouts(model, cfg, gpus, gpu_memory_gib, gpus_per_node=gpus_per_node, device=device)
-            if r.fits]
+    return [
+        r for r in all_layouts(model, cfg, gpus, gpu_memory_gib, gpus_per_node=gpus_per_node, device=device) if r.fits
+    ]
 
 
-def smallest_fitting(model: dict | ModelShape, cfg: dict, gpus: int, gpu_memory_gib: float, *,
-                     gpus_per_node: int = 8, limit: int = 8192) -> tuple[int, Ranked] | None:
+def smallest_fitting(
+    model: dict | ModelShape, cfg: dict, gpus: int, gpu_memory_gib: float, *, gpus_per_node: int = 8, limit: int = 8192
+) -> tuple[int, Ranked] | None:
     """The first of 2x, 4x, ... `gpus` GPUs (up to `limit`) on which some layout fits, and its best."""
     count = gpus * 2
     while count <= limit:

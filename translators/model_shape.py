@@ -5,6 +5,7 @@ estimate, validate's and train's divisibility checks, the dry run's sharding rep
 FLOPs and Ulysses sizing) builds a ModelShape through `ModelShape.from_config`, so head_dim has one
 formula and multimodal wrappers (`text_config`) are unwrapped once. Pure: a dict in.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,16 +37,25 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: dict, source: str = "model config") -> "ModelShape":
         config = text_config(config)
-        bad = [k for k in REQUIRED if not isinstance(config.get(k), int) or isinstance(config.get(k), bool)
-               or config[k] < 1]
+        bad = [
+            k
+            for k in REQUIRED
+            if not isinstance(config.get(k), int) or isinstance(config.get(k), bool) or config[k] < 1
+        ]
         if bad:
             raise UserError(f"{source}: missing or not a positive integer: {', '.join(bad)}")
         heads = config["num_attention_heads"]
-        return cls(hidden=config["hidden_size"], intermediate=config["intermediate_size"],
-                   layers=config["num_hidden_layers"], heads=heads,
-                   kv_heads=config.get("num_key_value_heads") or heads,
-                   head_dim=config.get("head_dim") or config["hidden_size"] // heads, vocab=config["vocab_size"],
-                   tied=bool(config.get("tie_word_embeddings")), qkv_bias=bool(config.get("attention_bias")))
+        return cls(
+            hidden=config["hidden_size"],
+            intermediate=config["intermediate_size"],
+            layers=config["num_hidden_layers"],
+            heads=heads,
+            kv_heads=config.get("num_key_value_heads") or heads,
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            vocab=config["vocab_size"],
+            tied=bool(config.get("tie_word_embeddings")),
+            qkv_bias=bool(config.get("attention_bias")),
+        )
 
     @property
     def layer_linear_params(self) -> int:
@@ -71,8 +81,9 @@ class ModelShape:
     def params_per_tp_rank(self, tp: int) -> float:
         """AutoTP splits the layers' linears and the lm_head; embeddings and norms stay whole."""
         head = 0 if self.tied else self.embedding_params / tp
-        return (self.layers * (self.layer_linear_params / tp + 2 * self.hidden) + self.embedding_params + head
-                + self.hidden)
+        return (
+            self.layers * (self.layer_linear_params / tp + 2 * self.hidden) + self.embedding_params + head + self.hidden
+        )
 
     def per_tp_rank_heads(self, tp: int) -> tuple[int, int]:
         """(attention heads, kv heads) one TP rank holds after AutoTP's split (kv heads at least 1)."""
@@ -81,18 +92,38 @@ class ModelShape:
     def layout_problems(self, tp: int, cp: int) -> list[tuple[str, str]]:
         """Why this model cannot be split tp x cp ways: (the layout key at fault, why), empty if it can.
         The one rule behind validate, train and plan's candidate layouts."""
-        found = [("tensor_parallel_size", f"the model's {name} ({value}) is not divisible by tensor_parallel_size {tp}")
-                 for name, value in (("num_attention_heads", self.heads), ("num_key_value_heads", self.kv_heads),
-                                     ("intermediate_size", self.intermediate), ("hidden_size", self.hidden))
-                 if value % tp]
+        found = [
+            ("tensor_parallel_size", f"the model's {name} ({value}) is not divisible by tensor_parallel_size {tp}")
+            for name, value in (
+                ("num_attention_heads", self.heads),
+                ("num_key_value_heads", self.kv_heads),
+                ("intermediate_size", self.intermediate),
+                ("hidden_size", self.hidden),
+            )
+            if value % tp
+        ]
         if cp > 1:
             if self.heads % cp:
-                found.append(("context_parallel_size", f"the model's num_attention_heads ({self.heads}) is not "
-                              f"divisible by context_parallel_size {cp}"))
+                found.append(
+                    (
+                        "context_parallel_size",
+                        f"the model's num_attention_heads ({self.heads}) is not "
+                        f"divisible by context_parallel_size {cp}",
+                    )
+                )
             if self.kv_heads % cp and cp % self.kv_heads:
-                found.append(("context_parallel_size", f"num_key_value_heads ({self.kv_heads}) and "
-                              f"context_parallel_size {cp}: neither divides the other"))
+                found.append(
+                    (
+                        "context_parallel_size",
+                        f"num_key_value_heads ({self.kv_heads}) and "
+                        f"context_parallel_size {cp}: neither divides the other",
+                    )
+                )
             if tp > 1 and (self.heads // tp) % cp:
-                found.append(("context_parallel_size", f"heads per TP rank ({self.heads // tp}) not divisible "
-                              f"by context_parallel_size {cp}"))
+                found.append(
+                    (
+                        "context_parallel_size",
+                        f"heads per TP rank ({self.heads // tp}) not divisible by context_parallel_size {cp}",
+                    )
+                )
         return found

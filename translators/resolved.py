@@ -14,6 +14,7 @@ Where each decision lives:
 - model shape ............ model_shape.ModelShape.from_config
 - trainable set .......... ResolvedRun.trainable ("full"; adapters add theirs here)
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -80,8 +81,10 @@ def zero_stage(layout: Layout, user_deepspeed: dict | None = None) -> tuple[int,
         return 3, f"dp_shard_size {layout.dp_shard}: parameters, gradients and optimizer state sharded (FSDP's role)"
     if layout.dp_replicate > 1:
         return 0, f"dp_replicate {layout.dp_replicate} with dp_shard 1 is plain data parallel: stage 0"
-    return 0, ("data-parallel shard group of 1: nothing to shard, so stage 0 (ZeRO-3 ran 2.25x slower than "
-               "ZeRO-0 for a 1.1B model on one H100)")
+    return 0, (
+        "data-parallel shard group of 1: nothing to shard, so stage 0 (ZeRO-3 ran 2.25x slower than "
+        "ZeRO-0 for a 1.1B model on one H100)"
+    )
 
 
 @dataclass(frozen=True)
@@ -134,22 +137,42 @@ class ResolvedRun:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["layout"] = asdict(self.layout)
-        out["derived"] = {"zero3": self.zero3, "hpz_partition_size": self.hpz_partition_size,
-                          "head_is_rank_local": self.head_is_rank_local, "sequence_divisor": self.sequence_divisor,
-                          "loads_partitioned": self.loads_partitioned, "zero_partitions": self.zero_partitions}
+        out["derived"] = {
+            "zero3": self.zero3,
+            "hpz_partition_size": self.hpz_partition_size,
+            "head_is_rank_local": self.head_is_rank_local,
+            "sequence_divisor": self.sequence_divisor,
+            "loads_partitioned": self.loads_partitioned,
+            "zero_partitions": self.zero_partitions,
+        }
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "ResolvedRun":
         model = data.get("model")
-        return cls(layout=Layout(**data["layout"]), device=data["device"], precision=Precision(**data["precision"]),
-                   zero_stage=data["zero_stage"], zero_why=data["zero_why"], fused_adamw=data["fused_adamw"],
-                   trainable=data.get("trainable", "full"), model=ModelShape(**model) if model else None)
+        return cls(
+            layout=Layout(**data["layout"]),
+            device=data["device"],
+            precision=Precision(**data["precision"]),
+            zero_stage=data["zero_stage"],
+            zero_why=data["zero_why"],
+            fused_adamw=data["fused_adamw"],
+            trainable=data.get("trainable", "full"),
+            model=ModelShape(**model) if model else None,
+        )
 
 
-def resolve_run(cfg: dict, layout: Layout, device: dict, user_deepspeed: dict | None = None,
-                model: ModelShape | None = None) -> ResolvedRun:
+def resolve_run(
+    cfg: dict, layout: Layout, device: dict, user_deepspeed: dict | None = None, model: ModelShape | None = None
+) -> ResolvedRun:
     stage, why = zero_stage(layout, user_deepspeed)
     fused = cfg.get("optimizer", "adamw_torch_fused") == "adamw_torch_fused" and device.get("accelerator") == "cuda"
-    return ResolvedRun(layout=layout, device=dict(device), precision=resolve_precision(cfg, device, layout.world),
-                       zero_stage=stage, zero_why=why, fused_adamw=fused, model=model)
+    return ResolvedRun(
+        layout=layout,
+        device=dict(device),
+        precision=resolve_precision(cfg, device, layout.world),
+        zero_stage=stage,
+        zero_why=why,
+        fused_adamw=fused,
+        model=model,
+    )

@@ -3,6 +3,7 @@
 `load_config` raises one UserError listing every error in the file at once, each located at the
 file:line:col of its key; warnings and notices come back on the Config for the CLI to print.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,12 +46,18 @@ def locate(source: Path, marks: dict, path: tuple) -> str:
 
 
 def to_problem(source: Path, marks: dict, finding: Finding) -> Problem:
-    return Problem(finding.message, where=locate(source, marks, finding.path),
-                   key=format_key_path(finding.path), hint=finding.hint)
+    return Problem(
+        finding.message, where=locate(source, marks, finding.path), key=format_key_path(finding.path), hint=finding.hint
+    )
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple = (), world_size: int | None = None,
-                plugin_modules: tuple | list = (), gpu_count: int | None = None) -> Config:
+def load_config(
+    path: str | Path,
+    overrides: list[str] | tuple = (),
+    world_size: int | None = None,
+    plugin_modules: tuple | list = (),
+    gpu_count: int | None = None,
+) -> Config:
     """world_size: the ranks asked for (--num-processes, a hostfile's slots); without it the world is
     resolved by layout.resolve_world from the config and gpu_count (the ranks' GPUs per machine)."""
     source = Path(path)
@@ -66,6 +73,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple = (), world_size:
     findings += rules.normalise(data, bad, top_level_defaults())
     if "plugins" not in bad:  # before cross_field: known plugins switch ds-tp settings on
         from ds_tp.plugins import plugin_findings
+
         findings += plugin_findings(data, plugin_modules)
     findings += rules.cross_field(data, bad)
     layout = None
@@ -82,10 +90,16 @@ def load_config(path: str | Path, overrides: list[str] | tuple = (), world_size:
     if errors:
         raise UserError(errors)
     assert layout is not None
-    return Config(values=data, source=source, layout=layout, marks=marks, user_deepspeed=user_ds,
-                  plugin_modules=[p for p in data.get("plugins") or [] if p in plugin_modules],
-                  warnings=[to_problem(source, marks, f) for f in findings if f.level == "warning"],
-                  notices=[to_problem(source, marks, f) for f in findings if f.level == "notice"])
+    return Config(
+        values=data,
+        source=source,
+        layout=layout,
+        marks=marks,
+        user_deepspeed=user_ds,
+        plugin_modules=[p for p in data.get("plugins") or [] if p in plugin_modules],
+        warnings=[to_problem(source, marks, f) for f in findings if f.level == "warning"],
+        notices=[to_problem(source, marks, f) for f in findings if f.level == "notice"],
+    )
 
 
 def _user_deepspeed(data: dict, config_dir: Path, bad: set[str]) -> tuple[dict | None, list[Finding]]:

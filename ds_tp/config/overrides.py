@@ -1,7 +1,8 @@
 """Command-line overrides: every schema key is also a flag, dashes for underscores, as Axolotl has.
 
-    --max-steps 2   --learning-rate=0.5   --bf16 / --no-bf16   --special-tokens.pad-token X
+--max-steps 2   --learning-rate=0.5   --bf16 / --no-bf16   --special-tokens.pad-token X
 """
+
 from __future__ import annotations
 
 import difflib
@@ -51,8 +52,9 @@ def parse_overrides(args: list[str]) -> list[tuple[tuple, object, str]]:
         arg = args[i]
         i += 1
         if not arg.startswith("--"):
-            problems.append(Problem(f"unexpected argument {arg!r}", where="command line",
-                                    hint="overrides look like --key value"))
+            problems.append(
+                Problem(f"unexpected argument {arg!r}", where="command line", hint="overrides look like --key value")
+            )
             continue
         flag, eq, raw = arg.partition("=")
         negated = flag.startswith("--no-") and flag not in paths and "--" + flag[5:] in paths
@@ -60,8 +62,13 @@ def parse_overrides(args: list[str]) -> list[tuple[tuple, object, str]]:
         path = paths.get(key_flag)
         if path is None:
             close = difflib.get_close_matches(key_flag, list(paths), n=1, cutoff=0.7)
-            problems.append(Problem(f"unknown option {flag}", where="command line",
-                                    hint=f"did you mean {close[0]}?" if close else "see ds-tp COMMAND --help"))
+            problems.append(
+                Problem(
+                    f"unknown option {flag}",
+                    where="command line",
+                    hint=f"did you mean {close[0]}?" if close else "see ds-tp COMMAND --help",
+                )
+            )
             if not eq and i < len(args) and not args[i].startswith("--"):
                 i += 1
             continue
@@ -75,8 +82,11 @@ def parse_overrides(args: list[str]) -> list[tuple[tuple, object, str]]:
             continue
         if not eq:
             nxt = args[i] if i < len(args) else None
-            if boolean and (nxt is None or nxt.startswith("--") or nxt.lower() not in
-                            ("true", "false", "auto", "1", "0", "yes", "no")):
+            if boolean and (
+                nxt is None
+                or nxt.startswith("--")
+                or nxt.lower() not in ("true", "false", "auto", "1", "0", "yes", "no")
+            ):
                 out.append((path, True, flag))
                 continue
             if nxt is None:

@@ -1,5 +1,6 @@
 """Cross-field rules and normalisation, in one place. Each rule reads only keys that passed the
 schema (`bad` holds the top-level keys that did not), so one mistake is reported once."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,12 @@ from ds_tp.translators.model_shape import ModelShape
 from ds_tp.translators.resolved import zero_stage
 
 BATCH_KEYS = ("micro_batch_size", "gradient_accumulation_steps", "batch_size")
-EXCLUSIVE = [("warmup_steps", "warmup_ratio"), ("save_steps", "saves_per_epoch"), ("eval_steps", "evals_per_epoch"),
-             ("gradient_accumulation_steps", "batch_size")]
+EXCLUSIVE = [
+    ("warmup_steps", "warmup_ratio"),
+    ("save_steps", "saves_per_epoch"),
+    ("eval_steps", "evals_per_epoch"),
+    ("gradient_accumulation_steps", "batch_size"),
+]
 
 
 def _on(value) -> bool:
@@ -24,18 +29,25 @@ def rename_legacy(data: dict) -> list[Finding]:
     if "sequence_parallel_degree" in data:
         old = data.pop("sequence_parallel_degree")
         if "context_parallel_size" in data and data["context_parallel_size"] != old:
-            found.append(Finding(("sequence_parallel_degree",), "conflicts with context_parallel_size",
-                                 "sequence_parallel_degree is the old name: keep only context_parallel_size"))
+            found.append(
+                Finding(
+                    ("sequence_parallel_degree",),
+                    "conflicts with context_parallel_size",
+                    "sequence_parallel_degree is the old name: keep only context_parallel_size",
+                )
+            )
         else:
             data.setdefault("context_parallel_size", old)
-            found.append(Finding(("sequence_parallel_degree",), "is the old name of context_parallel_size",
-                                 level="warning"))
+            found.append(
+                Finding(("sequence_parallel_degree",), "is the old name of context_parallel_size", level="warning")
+            )
     fsdp = data.get("fsdp_config")
     if isinstance(fsdp, dict):
         for key in [k for k in fsdp if isinstance(k, str) and k.startswith("fsdp_")]:
             fsdp.setdefault(key[5:], fsdp.pop(key))
-            found.append(Finding(("fsdp_config", key), f"read as {key[5:]} (the fsdp_ prefix is dropped)",
-                                 level="warning"))
+            found.append(
+                Finding(("fsdp_config", key), f"read as {key[5:]} (the fsdp_ prefix is dropped)", level="warning")
+            )
     return found
 
 
@@ -47,8 +59,14 @@ def normalise(data: dict, bad: set[str], defaults: dict) -> list[Finding]:
             continue
         data[key] = value
         if announce:
-            found.append(Finding((key,), f"not set: using {value}", "Axolotl requires it; ds-tp uses the documented "
-                                 "default", level="notice"))
+            found.append(
+                Finding(
+                    (key,),
+                    f"not set: using {value}",
+                    "Axolotl requires it; ds-tp uses the documented default",
+                    level="notice",
+                )
+            )
     if "learning_rate" not in bad and isinstance(data.get("learning_rate"), str):
         data["learning_rate"] = float(data["learning_rate"])
     found += _batch_keys(data, bad, defaults)
@@ -70,9 +88,13 @@ def _batch_keys(data: dict, bad: set[str], defaults: dict) -> list[Finding]:
             data["micro_batch_size"] = micro
             found.append(Finding(("micro_batch_size",), f"not set: using {micro}", level="notice"))
         if data["batch_size"] % micro:
-            found.append(Finding(("batch_size",), f"batch_size {data['batch_size']} is not a multiple of "
-                                 f"micro_batch_size {micro}", "batch_size = micro_batch_size x "
-                                 "gradient_accumulation_steps per data-parallel rank"))
+            found.append(
+                Finding(
+                    ("batch_size",),
+                    f"batch_size {data['batch_size']} is not a multiple of micro_batch_size {micro}",
+                    "batch_size = micro_batch_size x gradient_accumulation_steps per data-parallel rank",
+                )
+            )
             return found
         data["gradient_accumulation_steps"] = data["batch_size"] // micro
         return found
@@ -80,9 +102,14 @@ def _batch_keys(data: dict, bad: set[str], defaults: dict) -> list[Finding]:
         if data.get(key) is None:
             value = defaults.get(key, (1, True))[0]
             data[key] = value
-            found.append(Finding((key,), f"not set: using {value}",
-                                 "Axolotl wants two of micro_batch_size, gradient_accumulation_steps, batch_size",
-                                 level="notice"))
+            found.append(
+                Finding(
+                    (key,),
+                    f"not set: using {value}",
+                    "Axolotl wants two of micro_batch_size, gradient_accumulation_steps, batch_size",
+                    level="notice",
+                )
+            )
     data["batch_size"] = data["micro_batch_size"] * data["gradient_accumulation_steps"]
     return found
 
@@ -91,8 +118,13 @@ def _attention(data: dict, bad: set[str]) -> list[Finding]:
     legacy = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "flex_attention": "flex_attention"}
     on = [k for k in legacy if data.get(k) is True and k not in bad]
     if on and data.get("attn_implementation"):
-        return [Finding((on[0],), f"conflicts with attn_implementation: {data['attn_implementation']}",
-                        "use only attn_implementation")]
+        return [
+            Finding(
+                (on[0],),
+                f"conflicts with attn_implementation: {data['attn_implementation']}",
+                "use only attn_implementation",
+            )
+        ]
     if len(on) > 1:
         return [Finding((on[1],), f"conflicts with {on[0]}", "choose one attention implementation")]
     if on:
@@ -112,30 +144,51 @@ def exclusive(data: dict, bad: set[str]) -> list[Finding]:
 def cross_field(data: dict, bad: set[str]) -> list[Finding]:
     found: list[Finding] = []
     if not data.get("datasets") and "datasets" not in bad:
-        found.append(Finding((), "no datasets: validate and translate work, `ds-tp train` has nothing to train on",
-                             "add datasets: [{path: ..., type: alpaca}]", level="warning"))
+        found.append(
+            Finding(
+                (),
+                "no datasets: validate and translate work, `ds-tp train` has nothing to train on",
+                "add datasets: [{path: ..., type: alpaca}]",
+                level="warning",
+            )
+        )
     if data.get("bf16") is True and data.get("fp16") is True:
         found.append(Finding(("fp16",), "cannot be used together with bf16: true", "choose one precision"))
     cp = data.get("context_parallel_size") or 1
     if not {"context_parallel_size", "sequence_len", "micro_batch_size"} & bad and isinstance(cp, int) and cp > 1:
         seq = data.get("sequence_len", 512)
         if isinstance(seq, int) and seq % cp:
-            found.append(Finding(("sequence_len",), f"sequence_len {seq} is not divisible by context_parallel_size {cp}",
-                                 f"use a multiple of {cp}"))
+            found.append(
+                Finding(
+                    ("sequence_len",),
+                    f"sequence_len {seq} is not divisible by context_parallel_size {cp}",
+                    f"use a multiple of {cp}",
+                )
+            )
         if data.get("sample_packing") and data.get("micro_batch_size") != 1:
-            found.append(Finding(("micro_batch_size",), f"must be 1 with context_parallel_size {cp} and "
-                                 f"sample_packing (got {data.get('micro_batch_size')})",
-                                 "raise gradient_accumulation_steps instead"))
+            found.append(
+                Finding(
+                    ("micro_batch_size",),
+                    f"must be 1 with context_parallel_size {cp} and "
+                    f"sample_packing (got {data.get('micro_batch_size')})",
+                    "raise gradient_accumulation_steps instead",
+                )
+            )
     if data.get("val_set_size", 0) == 0 and not bad & {"eval_steps", "evals_per_epoch"}:
         for key in ("eval_steps", "evals_per_epoch"):
             if data.get(key) and not data.get("test_datasets"):
                 found.append(Finding((key,), "has no effect without val_set_size or test_datasets", level="warning"))
     grace = data.get("preemption_grace_period")
     if isinstance(grace, (int, float)) and grace > 30 and "preemption_grace_period" not in bad:
-        found.append(Finding(("preemption_grace_period",), f"{grace} s is longer than the 30 s after which the "
-                             "deepspeed launcher and torchrun SIGKILL ranks they have SIGTERMed",
-                             "keep it under 30 s unless the ranks are signalled by a scheduler that waits longer",
-                             level="warning"))
+        found.append(
+            Finding(
+                ("preemption_grace_period",),
+                f"{grace} s is longer than the 30 s after which the "
+                "deepspeed launcher and torchrun SIGKILL ranks they have SIGTERMed",
+                "keep it under 30 s unless the ranks are signalled by a scheduler that waits longer",
+                level="warning",
+            )
+        )
     return found
 
 
@@ -143,9 +196,15 @@ def layout_findings(data: dict, layout) -> list[Finding]:
     """Rules that need the resolved layout (dp_shard may be inferred from the world size)."""
     sharded = [f"{name} {n}" for name, n in (("dp_shard", layout.dp_shard), ("tp", layout.tp)) if n > 1]
     if data.get("chunked_cross_entropy") and (zero_stage(layout)[0] == 3 or layout.tp > 1):
-        return [Finding(("chunked_cross_entropy",), f"has no effect with {' and '.join(sharded)}: the LM head is "
-                        "ZeRO-3-partitioned or TP-split there, and ds-tp keeps the standard loss",
-                        "it applies at dp_shard_size 1 without tensor parallelism", level="warning")]
+        return [
+            Finding(
+                ("chunked_cross_entropy",),
+                f"has no effect with {' and '.join(sharded)}: the LM head is "
+                "ZeRO-3-partitioned or TP-split there, and ds-tp keeps the standard loss",
+                "it applies at dp_shard_size 1 without tensor parallelism",
+                level="warning",
+            )
+        ]
     return []
 
 
@@ -156,8 +215,13 @@ def model_shape_checks(data: dict, layout, config_dir: Path) -> list[Finding]:
         return []
     path = next((p for p in (Path(base), config_dir / base) if (p / "config.json").is_file()), None)
     if path is None:
-        return [Finding(("base_model",), "not a local folder: head and width checks against tp/cp happen at "
-                        "train time", level="notice")]
+        return [
+            Finding(
+                ("base_model",),
+                "not a local folder: head and width checks against tp/cp happen at train time",
+                level="notice",
+            )
+        ]
     try:
         cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
         widths = {"num_hidden_layers": 1, "vocab_size": 1, **cfg}  # only the widths decide tp/cp

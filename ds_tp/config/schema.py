@@ -3,6 +3,7 @@
 jsonschema does the checking; this module only turns its errors into findings that name the key
 path, say what would be valid, and suggest the nearest known key for a typo.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -44,15 +45,15 @@ def resolve(schema: dict, node: dict) -> dict:
 def property_schema(path: tuple) -> dict | None:
     """The schema of the property at a key path, or None if the path is not in the schema."""
     schema = load_schema()
-    node = schema
+    node: dict = schema
     for part in path:
         node = resolve(schema, node)
-        if isinstance(part, int):
-            node = node.get("items")
-        else:
-            node = _object_branch(schema, node).get("properties", {}).get(part)
-        if node is None:
+        child = (
+            node.get("items") if isinstance(part, int) else _object_branch(schema, node).get("properties", {}).get(part)
+        )
+        if child is None:
             return None
+        node = child
     return resolve(schema, node)
 
 
@@ -97,8 +98,17 @@ def _describe(schema: dict, error: ValidationError) -> Iterator[Finding]:
     elif kind in ("anyOf", "oneOf", "type"):
         expected = describe_expected(schema, error.schema)
         yield Finding(path, f"expected {expected}, got {_show(error.instance)}")
-    elif kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems",
-                  "pattern", "minLength", "const"):
+    elif kind in (
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "minItems",
+        "maxItems",
+        "pattern",
+        "minLength",
+        "const",
+    ):
         yield Finding(path, f"{_show(error.instance)} is out of range", _range_hint(kind, error.validator_value))
     else:
         yield Finding(path, error.message)
@@ -117,24 +127,39 @@ def describe_expected(schema: dict, node: dict) -> str:
     kinds = kind if isinstance(kind, list) else [kind]
     words = []
     for k in kinds:
-        word = {"object": "a mapping", "array": "a list", "integer": "an integer", "number": "a number",
-                "boolean": "true/false", "string": "a string", "null": "null"}.get(k, k)
-        bounds = [f">= {node['minimum']}" if "minimum" in node else "",
-                  f"> {node['exclusiveMinimum']}" if "exclusiveMinimum" in node else "",
-                  f"<= {node['maximum']}" if "maximum" in node else ""]
+        word: str = {
+            "object": "a mapping",
+            "array": "a list",
+            "integer": "an integer",
+            "number": "a number",
+            "boolean": "true/false",
+            "string": "a string",
+            "null": "null",
+        }.get(k, str(k))
+        bounds = [
+            f">= {node['minimum']}" if "minimum" in node else "",
+            f"> {node['exclusiveMinimum']}" if "exclusiveMinimum" in node else "",
+            f"<= {node['maximum']}" if "maximum" in node else "",
+        ]
         bounds = [b for b in bounds if b]
         if k == "string" and "pattern" in node:
-            bounds.append("numeric like \"2e-5\"" if "e" in node["pattern"] else f"matching {node['pattern']}")
+            bounds.append('numeric like "2e-5"' if "e" in node["pattern"] else f"matching {node['pattern']}")
         words.append(word + (f" ({', '.join(bounds)})" if bounds else ""))
     return " or ".join(words)
 
 
 def _range_hint(kind: str, value: Any) -> str:
-    return {"minimum": f"must be >= {value}", "maximum": f"must be <= {value}",
-            "exclusiveMinimum": f"must be > {value}", "exclusiveMaximum": f"must be < {value}",
-            "minItems": f"needs at least {value} item(s)", "maxItems": f"at most {value} item(s)",
-            "pattern": f"must match {value}", "minLength": f"at least {value} character(s)",
-            "const": f"must be {value!r}"}[kind]
+    return {
+        "minimum": f"must be >= {value}",
+        "maximum": f"must be <= {value}",
+        "exclusiveMinimum": f"must be > {value}",
+        "exclusiveMaximum": f"must be < {value}",
+        "minItems": f"needs at least {value} item(s)",
+        "maxItems": f"at most {value} item(s)",
+        "pattern": f"must match {value}",
+        "minLength": f"at least {value} character(s)",
+        "const": f"must be {value!r}",
+    }[kind]
 
 
 def _short_description(node: dict, key: str) -> str:
@@ -143,15 +168,22 @@ def _short_description(node: dict, key: str) -> str:
     depth = 0
     for i, c in enumerate(desc):
         depth += {"(": 1, ")": -1}.get(c, 0)
-        if c == "." and depth == 0 and desc[i + 1:i + 2] in (" ", ""):
+        if c == "." and depth == 0 and desc[i + 1 : i + 2] in (" ", ""):
             return desc[:i]
     return desc
 
 
 def _show(value: Any) -> str:
     text = json.dumps(value, default=str, ensure_ascii=False) if not isinstance(value, str) else repr(value)
-    kind = {dict: "mapping", list: "list", bool: "boolean", int: "integer", float: "number", str: "string",
-            type(None): "null"}.get(type(value), type(value).__name__)
+    kind = {
+        dict: "mapping",
+        list: "list",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
     text = text if len(text) <= 60 else text[:57] + "..."
     return f"{kind} {text}"
 
@@ -176,8 +208,11 @@ def _unsupported(schema: dict, node: dict, data: Any, path: tuple) -> Iterator[F
             sub = resolve(schema, sub)
             note = sub.get(UNSUPPORTED)
             if note and _truthy(value):
-                what = ("valid in Axolotl but not implemented by ds-tp (it changes what is trained)"
-                        if note["level"] == "error" else "valid in Axolotl, ignored by ds-tp")
+                what = (
+                    "valid in Axolotl but not implemented by ds-tp (it changes what is trained)"
+                    if note["level"] == "error"
+                    else "valid in Axolotl, ignored by ds-tp"
+                )
                 yield Finding(path + (key,), f"{what}: {note['reason']}", level=note["level"])
             else:
                 yield from _unsupported(schema, sub, value, path + (key,))

@@ -3,6 +3,7 @@
 PyYAML's composed node tree carries marks; we construct the data from that same tree, so each
 key path maps to the line and column of its key. safe_load semantics only: no Python tags.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -73,7 +74,9 @@ def load_yaml_with_marks(path: Path) -> tuple[dict, dict[KeyPath, tuple[int, int
         raise UserError(Problem(f"invalid YAML: {what}", where=where)) from None
     except yaml.reader.ReaderError as exc:
         line = text[: exc.position].count("\n") + 1
-        raise UserError(f"{path}:{line}: invalid YAML: control character U+{exc.character:04X} is not allowed") from None
+        raise UserError(
+            f"{path}:{line}: invalid YAML: control character U+{exc.character:04X} is not allowed"
+        ) from None
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
         raise UserError(f"{path}: invalid YAML: {first}") from None
@@ -102,8 +105,9 @@ def _collect_marks(node: yaml.Node, path: KeyPath, marks: dict, problems: list, 
             key = key_node.value
             child = path + (key,)
             if key in seen:
-                problems.append(Problem(f"duplicate key (first at line {seen[key]})", where=where,
-                                        key=format_key_path(child)))
+                problems.append(
+                    Problem(f"duplicate key (first at line {seen[key]})", where=where, key=format_key_path(child))
+                )
             seen[key] = key_node.start_mark.line + 1
             marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             _collect_marks(value_node, child, marks, problems, file)

@@ -3,8 +3,13 @@ entry, before any file is read, so a wrong type is reported without tokenizing a
 from __future__ import annotations
 
 from ds_tp.data.chat import TRAIN_ON_EOS, chat_formatter, resolve_chat_template
-from ds_tp.data.prompts import (Formatter, alpaca_formatter, check_user_defined, completion_formatter,
-                                user_defined_formatter)
+from ds_tp.data.prompts import (
+    Formatter,
+    alpaca_formatter,
+    check_user_defined,
+    completion_formatter,
+    user_defined_formatter,
+)
 from ds_tp.errors import Problem, UserError
 
 KNOWN_TYPES = ("alpaca", "completion", "chat_template")

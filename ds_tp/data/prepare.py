@@ -4,8 +4,8 @@ Runs in the launching process before ranks start; ranks only call load_prepared 
 """
 from __future__ import annotations
 
-import tempfile
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from ds_tp.errors import Problem, UserError
 
+
 class Host(NamedTuple):
     name: str
     slots: int

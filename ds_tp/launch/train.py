@@ -7,8 +7,16 @@ from pathlib import Path
 
 from ds_tp.config import Config, load_config
 from ds_tp.errors import Problem, UserError
-from ds_tp.runfiles import (DEEPSPEED_CONFIG, ENV_FILE, RESOLVED_CONFIG, RUN_FILE, PreparedRun,
-                            existing_checkpoints, read_state, run_dir)
+from ds_tp.runfiles import (
+    DEEPSPEED_CONFIG,
+    ENV_FILE,
+    RESOLVED_CONFIG,
+    RUN_FILE,
+    PreparedRun,
+    existing_checkpoints,
+    read_state,
+    run_dir,
+)
 
 
 def target_device(flag: str | None, hosts=None, hostfile: Path | None = None, runner: str = "pdsh",

@@ -68,7 +68,8 @@ class Progress:
     def __init__(self, total: int, start: int):
         self.bar = None
         if sys.stdout.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
             self.bar = Bar(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                            TextColumn("{task.fields[status]}"))
             self.task = self.bar.add_task("train", total=total, completed=start, status="")

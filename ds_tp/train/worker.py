@@ -14,21 +14,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", type=int, default=None)  # some launchers append it
     args = parser.parse_args(argv)
 
+    import deepspeed
     import numpy as np
     import torch
-    import deepspeed
 
     from ds_tp.data import load_prepared
     from ds_tp.device import probe_with_torch
     from ds_tp.model_config import load_tokenizer
     from ds_tp.runfiles import PreparedRun
+    from ds_tp.train.checkpoint import load_checkpoint
     from ds_tp.train.export import export_hf
     from ds_tp.train.flops import PEAK_SOURCE, flops_per_token, peak_flops
     from ds_tp.train.loop import Trainer
     from ds_tp.train.mesh import attach_sequence_parallel, init_distributed
     from ds_tp.train.model import attention_for, load_model, shapes_before_sharding, sharding_report
-    from ds_tp.train.checkpoint import load_checkpoint
-
     from ds_tp.train.preempt import StopRequest
     stop = StopRequest().install()  # before the slow start-up, so an early Ctrl-C is not lost
     plan = PreparedRun.read(Path(args.run))

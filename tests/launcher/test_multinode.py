@@ -2,8 +2,8 @@
 import json
 import subprocess
 
-from tests.launcher.test_train_cli import DS_TP, SHORT, ds_tp
 from tests.conftest import EXAMPLES, ROOT
+from tests.launcher.test_train_cli import DS_TP, SHORT, ds_tp
 from tests.spawn import free_port
 
 

@@ -1,5 +1,4 @@
 """Checkpoints resume exactly, and the exported model loads with from_pretrained."""
-import json
 
 import pytest
 import torch
@@ -66,7 +65,6 @@ def test_foreign_output_dir_is_not_overwritten(run_a):
 def test_export_command_turns_a_checkpoint_into_a_model(run_a, tmp_path):
     """`ds-tp export`: a crashed run's checkpoint still yields a usable HF model (ZeRO-3 partitions merged)."""
     from click.testing import CliRunner
-    from safetensors.torch import load_file
 
     from ds_tp.cli import main
 

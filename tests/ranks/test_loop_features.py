@@ -1,7 +1,7 @@
 """Eval loss, checkpoint rotation and the profiler trace, on 2 spawned ranks (ZeRO-3)."""
 import json
 
-from tests.ranks.harness import QUICKSTART, read_metrics, train
+from tests.ranks.harness import QUICKSTART, train
 
 
 def test_eval_rotation_profiler(tmp_path):

@@ -5,8 +5,14 @@ import time
 
 import pytest
 
-from ds_tp.assets import (CHAT_TEMPLATE, build_tiny_llama, build_tokenizer, generate_quickstart_rows,
-                          greedy_accuracy, resolve_builtin_model)
+from ds_tp.assets import (
+    CHAT_TEMPLATE,
+    build_tiny_llama,
+    build_tokenizer,
+    generate_quickstart_rows,
+    greedy_accuracy,
+    resolve_builtin_model,
+)
 from ds_tp.data import alpaca_prompt
 from ds_tp.errors import UserError
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import assert_cli_skips_heavy_imports, CARD, MINIMAL, ROOT
+from tests.conftest import CARD, MINIMAL, ROOT, assert_cli_skips_heavy_imports
 
 DS_TP = str(Path(sys.executable).parent / "ds-tp")  # by full path, as from a venv that is not activated
 

@@ -8,8 +8,14 @@ import pytest
 from ds_tp.assets import build_tokenizer
 from ds_tp.data.chat import chat_formatter, resolve_chat_template
 from ds_tp.data.formats import formatter_for
-from ds_tp.data.prompts import (IGNORE, BadRow, alpaca_formatter, alpaca_prompt, completion_formatter,
-                                user_defined_formatter)
+from ds_tp.data.prompts import (
+    IGNORE,
+    BadRow,
+    alpaca_formatter,
+    alpaca_prompt,
+    completion_formatter,
+    user_defined_formatter,
+)
 from ds_tp.errors import UserError
 
 

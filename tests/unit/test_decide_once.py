@@ -3,15 +3,15 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from ds_tp.translators.layout import Layout, resolve_world
+from ds_tp.translators.memory import estimate_memory
+from ds_tp.translators.model_shape import ModelShape
+from ds_tp.translators.resolved import resolve_run
 
 from ds_tp import device as device_mod
 from ds_tp.cli import main
 from ds_tp.errors import UserError
 from ds_tp.launch.train import prepare_training
-from ds_tp.translators.layout import Layout, resolve_world
-from ds_tp.translators.memory import estimate_memory
-from ds_tp.translators.model_shape import ModelShape
-from ds_tp.translators.resolved import resolve_run
 from tests.conftest import EXAMPLES
 
 GPU8 = {"accelerator": "cuda", "count": 8, "name": "NVIDIA H100 80GB HBM3", "memory_gib": 80.0, "bf16": True,

@@ -2,7 +2,8 @@
 import string
 
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ds_tp.config import load_config
 from ds_tp.device import cpu_facts

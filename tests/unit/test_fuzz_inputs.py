@@ -5,7 +5,8 @@ import string
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ds_tp.data import prepare_datasets
 from ds_tp.errors import UserError

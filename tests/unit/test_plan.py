@@ -2,15 +2,24 @@
 import json
 
 import pytest
+from ds_tp.translators.layout import Layout
+from ds_tp.translators.memory import (
+    GIB,
+    PRESETS,
+    activation_bytes,
+    all_layouts,
+    bytes_per_param,
+    candidate_layouts,
+    estimate_memory,
+    layout_problems,
+    rank_layouts,
+    smallest_fitting,
+)
+from ds_tp.translators.model_shape import ModelShape
 
 from ds_tp.config.rules import shape_findings
 from ds_tp.errors import UserError
-from ds_tp.translators.layout import Layout
-from ds_tp.translators.model_shape import ModelShape
-from ds_tp.translators.memory import (GIB, PRESETS, activation_bytes, all_layouts, bytes_per_param,
-                                      candidate_layouts, estimate_memory, layout_problems, rank_layouts,
-                                      smallest_fitting)
-from tests.conftest import assert_cli_skips_heavy_imports, CARD, EXAMPLES
+from tests.conftest import CARD, EXAMPLES, assert_cli_skips_heavy_imports
 from tests.unit.test_cli import run
 
 # One layer, hidden 8, MLP 16, 2 heads of 4 (no GQA), vocab 32, untied. Counted by hand:
