@@ -11,6 +11,7 @@ import math
 import resource
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,33 @@ from ds_tp.train.internals import disable_backward_allreduce
 from ds_tp.train.loss import linear_cross_entropy_sum
 from ds_tp.train.metrics import MetricsLog, Progress
 from ds_tp.train.nonfinite import StepGuard
+
+
+@dataclass
+class StepResult:
+    step: int
+    done: int
+    loss_sum: torch.Tensor  # this rank's summed token losses of the step
+    global_tokens: int
+    lr: float
+    real_tokens: int
+    started: float
+
+
+@dataclass
+class LoopState:
+    """What the after-step actions share across steps."""
+
+    metrics: MetricsLog | None
+    progress: Progress | None
+    guard: StepGuard
+    agreement: object | None
+    stop: object | None
+    window_start: float
+    window_tokens: int = 0
+    save_s: float = 0.0
+    row: dict | None = None
+    halted: bool = False
 
 
 class Trainer:
@@ -109,72 +137,96 @@ class Trainer:
     def _rows(self, dataset, indices) -> list[dict]:
         return [dataset[int(i)] for i in indices]
 
-    # --- the loop ---------------------------------------------------------------------------
+    # --- the loop: one train step, then a short list of after-step actions ------------------
     def run(self, start_step: int, stop=None) -> int:
         """Train from start_step; returns the step reached (< total_steps when stopped by a signal)."""
-        plan, engine = self.plan, self.engine
-        metrics = MetricsLog(self.output_dir / "metrics.jsonl", start_step) if self.mesh.is_main else None
-        progress = Progress(plan.total_steps, start_step) if self.mesh.is_main else None
-        profiler = self._profiler() if plan.use_profiler else nullcontext()
-        dp_rank = self.mesh.coords["dp"]
-        window_tokens, window_start = 0, time.perf_counter()
-        step = start_step
-        guard = StepGuard(engine, self.mesh.rank, int(plan.config.get("max_nonfinite_steps", 10)), self.layout.tp)
-        agreement = self._stop_agreement(stop)
-        step_s = save_s = 0.0
-        with profiler as prof:
+        plan = self.plan
+        main = self.mesh.is_main
+        state = LoopState(
+            metrics=MetricsLog(self.output_dir / "metrics.jsonl", start_step) if main else None,
+            progress=Progress(plan.total_steps, start_step) if main else None,
+            guard=StepGuard(self.engine, self.mesh.rank, int(plan.config.get("max_nonfinite_steps", 10)),
+                            self.layout.tp),
+            agreement=self._stop_agreement(stop), stop=stop, window_start=time.perf_counter())
+        actions = (self._log_if_due, self._evaluate_if_due, self._show, self._save_or_stop)
+        reached = start_step
+        with (self._profiler() if plan.use_profiler else nullcontext()) as prof:
             for step in range(start_step, plan.total_steps):
-                step_start = time.perf_counter()
-                global_rows = self.batches.global_rows(step)
-                global_tokens = max(1, int(self.tokens_in_loss[global_rows].sum()))
-                lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step runs at
-                accumulated = torch.zeros((), device=self.device)
-                for m in range(self.gas):
-                    rows = self._rows(self.train_rows, self.batches.micro_rows(step, m, dp_rank))
-                    local, summed = self._loss_sum(rows)
-                    local, summed = guard.loss(local, step), guard.loss(summed, step)
-                    engine.backward(summed * (self.gas * self.layout.dp / global_tokens))
-                    if m == self.gas - 1:
-                        guard.before_optimizer_step()
-                    engine.step()
-                    accumulated += local.detach()
-                window_tokens += int(self.row_lengths[global_rows].sum())
+                result = self._train_step(step, state.guard)
+                reached = result.done
+                state.window_tokens += result.real_tokens
                 if prof is not None and hasattr(prof, "step"):
                     prof.step()
-                done = step + 1
-                row = None
-                if done % plan.logging_steps == 0 or done == plan.total_steps:
-                    row = self._log_row(done, accumulated, global_tokens, lr, window_tokens, window_start, guard)
-                    window_tokens, window_start = 0, time.perf_counter()
-                    if metrics:
-                        metrics.write(row)
-                        self._monitor(row, ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"))
-                guard.after_optimizer_step(step)  # after the row is written: the log shows the last skipped step
-                if plan.eval_steps and (done % plan.eval_steps == 0 or done == plan.total_steps):
-                    eval_row = {"step": done, "total_steps": plan.total_steps, "eval_loss": self.evaluate()}
-                    if metrics:
-                        metrics.write(eval_row)
-                        self._monitor(eval_row, ("eval_loss",))
-                        progress.update(done, eval_row)
-                if progress:
-                    progress.update(done, row)
-                step_s = time.perf_counter() - step_start
-                halt = agreement.poll(step_s, save_s) if agreement and done < plan.total_steps else None
-                if (plan.save_steps and done % plan.save_steps == 0 and done < plan.total_steps) or \
-                        (halt and halt.save):
-                    save_start = time.perf_counter()
-                    path = self._save(done)
-                    save_s = time.perf_counter() - save_start
-                if halt:
-                    self._stopped(stop, halt, done, path if halt.save else None)
+                state.row = None
+                for action in actions:
+                    action(result, state)
+                if state.halted:
                     break
-        if agreement:
-            agreement.close()
-        if progress:
-            progress.close()
-        if metrics:
-            metrics.close()
-        return step + 1 if plan.total_steps > start_step else start_step
+        for closing in (state.agreement, state.progress, state.metrics):
+            if closing is not None:
+                closing.close()
+        return reached
+
+    def _train_step(self, step: int, guard: StepGuard) -> "StepResult":
+        """One optimizer step: gas micro-batches forward and backward, then DeepSpeed's step."""
+        engine, started = self.engine, time.perf_counter()
+        global_rows = self.batches.global_rows(step)
+        global_tokens = max(1, int(self.tokens_in_loss[global_rows].sum()))
+        lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step runs at
+        accumulated = torch.zeros((), device=self.device)
+        dp_rank = self.mesh.coords["dp"]
+        for m in range(self.gas):
+            rows = self._rows(self.train_rows, self.batches.micro_rows(step, m, dp_rank))
+            local, summed = self._loss_sum(rows)
+            local, summed = guard.loss(local, step), guard.loss(summed, step)
+            engine.backward(summed * (self.gas * self.layout.dp / global_tokens))
+            if m == self.gas - 1:
+                guard.before_optimizer_step()
+            engine.step()
+            accumulated += local.detach()
+        return StepResult(step=step, done=step + 1, loss_sum=accumulated, global_tokens=global_tokens, lr=lr,
+                          real_tokens=int(self.row_lengths[global_rows].sum()), started=started)
+
+    def _due(self, every: int | None, done: int) -> bool:
+        return bool(every) and (done % every == 0 or done == self.plan.total_steps)
+
+    def _log_if_due(self, result: "StepResult", state: "LoopState") -> None:
+        if self._due(self.plan.logging_steps, result.done):
+            state.row = self._log_row(result.done, result.loss_sum, result.global_tokens, result.lr,
+                                      state.window_tokens, state.window_start, state.guard)
+            state.window_tokens, state.window_start = 0, time.perf_counter()
+            if state.metrics:
+                state.metrics.write(state.row)
+                self._monitor(state.row, ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"))
+        state.guard.after_optimizer_step(result.step)  # after the row is written: it shows the last skipped step
+
+    def _evaluate_if_due(self, result: "StepResult", state: "LoopState") -> None:
+        if not self._due(self.plan.eval_steps, result.done):
+            return
+        eval_row = {"step": result.done, "total_steps": self.plan.total_steps, "eval_loss": self.evaluate()}
+        if state.metrics:
+            state.metrics.write(eval_row)
+            self._monitor(eval_row, ("eval_loss",))
+        if state.progress:
+            state.progress.update(result.done, eval_row)
+
+    def _show(self, result: "StepResult", state: "LoopState") -> None:
+        if state.progress:
+            state.progress.update(result.done, state.row)
+
+    def _save_or_stop(self, result: "StepResult", state: "LoopState") -> None:
+        """Save when due, or when the ranks agreed to stop and a save fits the grace period; then stop."""
+        done, total = result.done, self.plan.total_steps
+        step_s = time.perf_counter() - result.started
+        halt = state.agreement.poll(step_s, state.save_s) if state.agreement and done < total else None
+        path = None
+        if (self.plan.save_steps and done % self.plan.save_steps == 0 and done < total) or (halt and halt.save):
+            save_start = time.perf_counter()
+            path = self._save(done)
+            state.save_s = time.perf_counter() - save_start
+        if halt:
+            self._stopped(state.stop, halt, done, path if halt.save else None)
+            state.halted = True
 
     def _stop_agreement(self, stop):
         from ds_tp.train.preempt import DEFAULT_GRACE_S, StopAgreement
