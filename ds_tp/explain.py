@@ -22,7 +22,8 @@ def decision_lines(run: ResolvedRun) -> list[str]:
     lines = [f"layout: {layout.product()}" + ("  (dp_shard inferred)" if layout.dp_shard_inferred else "")]
     for axis in ("tp", "cp", "dp"):
         groups = layout.groups(axis)
-        lines.append(f"  {axis} groups: " + ", ".join(str(g) for g in groups[:8]) + (" ..." if len(groups) > 8 else ""))
+        shown = str(groups) if len(groups) <= 8 else str(groups[:8])[:-1] + ", ...]"
+        lines.append(f"  {axis} groups: {shown}")
     lines.append(f"ZeRO stage {run.zero_stage}: {run.zero_why}"
                  + (f"; hpZ partition {run.hpz_partition_size}" if run.hpz_partition_size else ""))
     lines.append(f"precision {run.precision.name}: {run.precision.why}; tf32 {run.precision.tf32}")

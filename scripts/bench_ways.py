@@ -46,7 +46,7 @@ def child_ds_tp(spec: dict) -> dict:
         write(self, row)
 
     metrics.MetricsLog.write = observed_write
-    rc = worker_main(["--run", spec["plan_path"]])
+    rc = worker_main(["--run-file", spec["plan_path"]])
     if rc:
         raise RuntimeError(f"ds-tp worker exited {rc}")
     plan = json.loads(Path(spec["plan_path"]).read_text())

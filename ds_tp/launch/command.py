@@ -57,7 +57,7 @@ class LaunchSpec:
 
 
 def launcher_command(spec: LaunchSpec, run_file: str, scratch: Path) -> list[str]:
-    worker = ["--run", run_file]
+    worker = ["--run-file", run_file]
     port = str(spec.master_port)
     if spec.launcher == "torchrun":
         nodes = ["--nnodes", str(spec.num_machines), "--node_rank", str(spec.machine_rank or 0)]

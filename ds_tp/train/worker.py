@@ -1,4 +1,4 @@
-"""One rank: `python -m ds_tp.train.worker --run output_dir/ds_tp/run.json`, started by the launcher."""
+"""One rank: `python -m ds_tp.train.worker --run-file output_dir/ds_tp/run.json`, started by the launcher."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ds_tp.train.worker")
-    parser.add_argument("--run", required=True)
+    parser.add_argument("--run-file", required=True)
     parser.add_argument("--local_rank", type=int, default=None)  # some launchers append it
     args = parser.parse_args(argv)
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from ds_tp.train.model import attention_for, load_model, shapes_before_sharding, sharding_report
     from ds_tp.train.preempt import StopRequest
     stop = StopRequest().install()  # before the slow start-up, so an early Ctrl-C is not lost
-    plan = PreparedRun.read(Path(args.run))
+    plan = PreparedRun.read(Path(args.run_file))
     run = plan.resolved  # every decision was made before launch; this rank only reads them
     cfg = plan.config
     layout = run.layout
@@ -129,7 +129,7 @@ def run(argv: list[str] | None = None) -> int:
     from ds_tp.runfiles import PreparedRun
 
     args = (argv if argv is not None else sys.argv[1:])
-    run_file = args[args.index("--run") + 1] if "--run" in args else None
+    run_file = args[args.index("--run-file") + 1] if "--run-file" in args else None
     output_dir = PreparedRun.read(Path(run_file)).output_dir if run_file else None
     rank = int(os.environ.get("RANK", 0))
     if output_dir:

@@ -20,7 +20,7 @@ def train(out: Path, overrides: list[str], num_processes: int, config: Path = QU
     overrides = [*overrides, "--output-dir", str(out), "--dataset-prepared-path", str(out.parent / "prepared")]
     _, plan, plan_path, world, _ = prepare_training(config, overrides, num_processes, use_profiler=use_profiler,
                                                     plugin_modules=plugin_modules)
-    run_ranks(worker_main, world, ["--run", str(plan_path)], timeout=timeout)
+    run_ranks(worker_main, world, ["--run-file", str(plan_path)], timeout=timeout)
     return read_metrics(out)
 
 
