@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -120,3 +121,20 @@ class PreparedRun:
     @classmethod
     def read(cls, path: Path) -> "PreparedRun":
         return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def rank_dir(output_dir: str | Path) -> Path:
+    return run_dir(output_dir) / RANKS_DIR
+
+
+def record_rank_start(output_dir: str | Path, rank: int) -> None:
+    folder = rank_dir(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank-{rank}.json").write_text(json.dumps({"rank": rank, "pid": os.getpid(),
+                                                          "host": socket.gethostname()}))
+
+
+def record_rank_error(output_dir: str | Path, rank: int, message: str) -> None:
+    folder = rank_dir(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank-{rank}.error").write_text(message)

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ds_tp.errors import Problem, UserError
-
-IGNORE = -100  # the label HF losses skip
+from ds_tp.labels import IGNORE  # noqa: F401  (re-exported)
 
 Example = tuple[list[int], list[int]]
 Formatter = Callable[[dict], list[Example]]

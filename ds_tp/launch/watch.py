@@ -11,22 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-
-def rank_dir(output_dir: str | Path) -> Path:
-    return Path(output_dir) / "ds_tp" / "ranks"
-
-
-def record_rank_start(output_dir: str | Path, rank: int) -> None:
-    folder = rank_dir(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"rank-{rank}.json").write_text(json.dumps({"rank": rank, "pid": os.getpid(),
-                                                          "host": socket.gethostname()}))
-
-
-def record_rank_error(output_dir: str | Path, rank: int, message: str) -> None:
-    folder = rank_dir(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"rank-{rank}.error").write_text(message)
+from ds_tp.runfiles import rank_dir
 
 
 def _alive(pid: int) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-IGNORE = -100
+from ds_tp.labels import IGNORE  # noqa: F401  (re-exported)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE = -100
+from ds_tp.labels import IGNORE  # noqa: F401  (re-exported)
 
 
 def _chunk_losses(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor):

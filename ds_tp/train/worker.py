@@ -125,8 +125,7 @@ def compile_model(engine, cfg: dict, accelerator: str, log) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     """main(), recording this rank's pid and, if it fails, its error for the launching process."""
-    from ds_tp.launch.watch import record_rank_error, record_rank_start
-    from ds_tp.runfiles import PreparedRun
+    from ds_tp.runfiles import PreparedRun, record_rank_error, record_rank_start
 
     args = (argv if argv is not None else sys.argv[1:])
     run_file = args[args.index("--run-file") + 1] if "--run-file" in args else None

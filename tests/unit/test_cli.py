@@ -22,7 +22,8 @@ def test_translate_writes_only_json_to_stdout():
     config = json.loads(p.stdout)
     assert config["zero_optimization"]["zero_hpz_partition_size"] == 4
     assert "effective batch = micro 1 x gas 8 x world 16 / (tp 2 x cp 1) = 64" in p.stderr
-    assert "ZeRO++ hpZ" in p.stderr and "tp groups: [0, 1], [2, 3]" in p.stderr  # the explain table
+    assert "ZeRO++ hpZ" in p.stderr and "tp groups: [[0, 1], [2, 3]," in p.stderr  # the explain table
+    assert "ZeRO stage 3: dp_shard_size 4" in p.stderr and "hpZ partition 4" in p.stderr  # the resolved run
 
 
 def test_translate_defaults_to_the_layout_product(tmp_path):
