@@ -14,6 +14,7 @@ from ds_tp.errors import Finding, Problem, UserError
 from ds_tp.translators.layout import Layout, resolve_layout, resolve_world
 
 from . import rules
+from .empty import drop_empty
 from .overrides import apply_overrides, parse_overrides
 from .schema import top_level_defaults, validate
 from .yaml_marks import format_key_path, load_yaml_with_marks
@@ -62,6 +63,7 @@ def load_config(
     resolved by layout.resolve_world from the config and gpu_count (the ranks' GPUs per machine)."""
     source = Path(path)
     data, marks = load_yaml_with_marks(source)
+    drop_empty(data, marks)  # before overrides: a flag always sets a value
     apply_overrides(data, marks, parse_overrides(list(overrides)))
     findings = rules.rename_legacy(data)
     schema_findings = validate(data)

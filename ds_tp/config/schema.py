@@ -174,6 +174,8 @@ def _short_description(node: dict, key: str) -> str:
 
 
 def _show(value: Any) -> str:
+    if value is None:
+        return "an empty value"
     text = json.dumps(value, default=str, ensure_ascii=False) if not isinstance(value, str) else repr(value)
     kind = {
         dict: "mapping",

@@ -87,6 +87,7 @@ def build(cfg: dict, tokenizer, sources: list[Source], formatters: list[Formatte
     if not examples:
         raise UserError(Problem(f"every example is longer than sequence_len {sequence_len} tokens "
                                 f"(the shortest has {shortest_dropped})", key="sequence_len",
+                                where=", ".join(s.location for s in sources),
                                 hint="raise sequence_len or shorten the rows"))
     seed = int(cfg.get("seed") if cfg.get("seed") is not None else 42)
     if cfg.get("shuffle_merged_datasets", True):

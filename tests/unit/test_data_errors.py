@@ -86,7 +86,9 @@ def test_every_row_too_long(tmp_path):
     (tmp_path / "d.jsonl").write_text(jsonl(GOOD, GOOD), encoding="utf-8")
     with pytest.raises(UserError) as caught:
         prepare_datasets(cfg, tokenizer(), config_dir=tmp_path)
-    assert str(caught.value).startswith("sequence_len: every example is longer than sequence_len 8 tokens (the shortest has 13)")
+    text = str(caught.value)
+    assert text.startswith(str(tmp_path / "d.jsonl")) and "sequence_len: every example is longer than " \
+        "sequence_len 8 tokens (the shortest has 13)" in text
     assert "\n" not in str(caught.value)
 
 
