@@ -16,7 +16,7 @@ from ds_tp.translators.layout import Layout, resolve_layout, resolve_world
 from . import rules
 from .empty import drop_empty
 from .overrides import apply_overrides, parse_overrides
-from .schema import top_level_defaults, validate
+from .schema import renamed_keys, top_level_defaults, validate
 from .yaml_marks import format_key_path, load_yaml_with_marks
 
 
@@ -65,7 +65,7 @@ def load_config(
     data, marks = load_yaml_with_marks(source)
     drop_empty(data, marks)  # before overrides: a flag always sets a value
     apply_overrides(data, marks, parse_overrides(list(overrides)))
-    findings = rules.rename_legacy(data)
+    findings = rules.rename_legacy(data, renamed_keys())
     schema_findings = validate(data)
     findings += schema_findings
     bad = {f.path[0] for f in schema_findings if f.level == "error" and f.path}
@@ -100,8 +100,27 @@ def load_config(
         user_deepspeed=user_ds,
         plugin_modules=[p for p in data.get("plugins") or [] if p in plugin_modules],
         warnings=[to_problem(source, marks, f) for f in findings if f.level == "warning"],
-        notices=[to_problem(source, marks, f) for f in findings if f.level == "notice"],
+        notices=[to_problem(source, marks, f) for f in findings if f.level == "notice"]
+        + ignored_summary(source, marks, [f for f in findings if f.level == "ignored"]),
     )
+
+
+def ignored_summary(source: Path, marks: dict, ignored: list[Finding]) -> list[Problem]:
+    """Every accepted-but-no-effect key in one notice: the keys and their lines, not a line per key."""
+    if not ignored:
+        return []
+    keys = []
+    for f in ignored:
+        mark = marks.get(tuple(f.path))
+        line = f" (line {mark[0]})" if isinstance(mark, tuple) else ""
+        keys.append(format_key_path(f.path) + line)
+    return [
+        Problem(
+            f"{len(keys)} Axolotl key(s) accepted with no effect on what ds-tp trains: {', '.join(keys)}",
+            where=str(source),
+            hint="`ds-tp config-schema` gives the reason for each",
+        )
+    ]
 
 
 def _user_deepspeed(data: dict, config_dir: Path, bad: set[str]) -> tuple[dict | None, list[Finding]]:

@@ -23,9 +23,17 @@ def _on(value) -> bool:
     return value not in (None, False)
 
 
-def rename_legacy(data: dict) -> list[Finding]:
-    """Old spellings Axolotl still accepts, renamed with a warning."""
+def rename_legacy(data: dict, renamed: dict[str, str] | None = None) -> list[Finding]:
+    """Old spellings Axolotl still accepts, renamed with a notice (renamed: old -> new, from the schema)."""
     found: list[Finding] = []
+    for old, new in (renamed or {}).items():
+        if old not in data:
+            continue
+        if new in data and data[new] != data[old]:
+            found.append(Finding((old,), f"conflicts with {new}", f"{old} is the old name of {new}: keep only {new}"))
+            continue
+        data.setdefault(new, data.pop(old))
+        found.append(Finding((old,), f"is the old name of {new}: read as {new}", level="notice"))
     if "sequence_parallel_degree" in data:
         old = data.pop("sequence_parallel_degree")
         if "context_parallel_size" in data and data["context_parallel_size"] != old:

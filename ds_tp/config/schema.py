@@ -17,6 +17,8 @@ from jsonschema.exceptions import ValidationError
 
 from ds_tp.errors import Finding
 
+from .yaml_marks import format_key_path as format_path
+
 UNSUPPORTED = "x-ds-tp-unsupported"
 DEFAULT_NOTICE = "x-ds-tp-default-notice"
 
@@ -74,7 +76,7 @@ def validate(data: dict) -> list[Finding]:
     findings: list[Finding] = []
     for error in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
         findings.extend(_describe(schema, error))
-    findings.extend(_unsupported(schema, schema, data, ()))
+    findings.extend(_one_per_group(list(_unsupported(schema, schema, data, ()))))
     return findings
 
 
@@ -198,8 +200,9 @@ def _truthy(value: Any) -> bool:
     return value not in (None, False, "", [], {}, 0)
 
 
-def _unsupported(schema: dict, node: dict, data: Any, path: tuple) -> Iterator[Finding]:
-    """Keys that are valid Axolotl but that ds-tp does not implement, wherever they are set."""
+def _unsupported(schema: dict, node: dict, data: Any, path: tuple) -> Iterator[tuple[Finding, str | None]]:
+    """Keys that are valid Axolotl but that ds-tp does not implement, wherever they are set:
+    (finding, group). level "ignored": accepted, no effect (listed in one notice); "error": refused."""
     node = resolve(schema, node)
     if isinstance(data, dict):
         props = _object_branch(schema, node).get("properties", {})
@@ -209,18 +212,45 @@ def _unsupported(schema: dict, node: dict, data: Any, path: tuple) -> Iterator[F
                 continue
             sub = resolve(schema, sub)
             note = sub.get(UNSUPPORTED)
-            if note and _truthy(value):
+            if note and _truthy(value) and value not in note.get("allowed", []):
                 what = (
                     "valid in Axolotl but not implemented by ds-tp (it changes what is trained)"
                     if note["level"] == "error"
-                    else "valid in Axolotl, ignored by ds-tp"
+                    else "valid in Axolotl, no effect in ds-tp"
                 )
-                yield Finding(path + (key,), f"{what}: {note['reason']}", level=note["level"])
+                yield Finding(path + (key,), f"{what}: {note['reason']}", level=note["level"]), note.get("group")
             else:
                 yield from _unsupported(schema, sub, value, path + (key,))
     elif isinstance(data, list) and "items" in node:
         for index, item in enumerate(data):
             yield from _unsupported(schema, node["items"], item, path + (index,))
+
+
+def _one_per_group(found: list[tuple[Finding, str | None]]) -> list[Finding]:
+    """Refused keys of one feature (every lora_* of an adapter config) are one line, at the first of them."""
+    out: list[Finding] = []
+    grouped: dict[str, list[Finding]] = {}
+    for finding, group in found:
+        if group and finding.level == "error":
+            if group not in grouped:
+                grouped[group] = []
+                out.append(finding)  # placeholder, replaced below
+            grouped[group].append(finding)
+        else:
+            out.append(finding)
+    for group, members in grouped.items():
+        first = members[0]
+        others = [format_path(m.path) for m in members[1:]]
+        merged = Finding(
+            first.path, first.message, ("with it: " + ", ".join(others)) if others else first.hint, level="error"
+        )
+        out[out.index(first)] = merged
+    return out
+
+
+def renamed_keys() -> dict[str, str]:
+    """Older Axolotl names -> today's (x-ds-tp-renamed in the schema)."""
+    return {k: v["x-ds-tp-renamed"] for k, v in load_schema()["properties"].items() if "x-ds-tp-renamed" in v}
 
 
 def top_level_defaults() -> dict[str, tuple[Any, bool]]:
