@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ds_tp.errors import Finding, UserError
+from ds_tp.translators.dataset_types import resolve_dataset_type
 from ds_tp.translators.model_shape import ModelShape
 from ds_tp.translators.resolved import zero_stage
 
@@ -122,9 +123,33 @@ def _batch_keys(data: dict, bad: set[str], defaults: dict) -> list[Finding]:
     return found
 
 
+# Axolotl's attn_implementation values -> what ds-tp runs. Exact attention kernels compute the same values,
+# so they map onto the ones transformers and DeepSpeed's Ulysses take (flash on CUDA when installed, else sdpa).
+ATTENTION = {
+    "eager": "eager",
+    "sdpa": "sdpa",
+    "flash_attention_2": "flash_attention_2",
+    "flash_attention_3": "flash_attention_3",
+    "flex_attention": "flex_attention",
+    "flash_attention_4": "flash_attention_2",
+    "flash_attention_torch": "sdpa",
+    "xformers": "sdpa",
+}
+APPROXIMATE_ATTENTION = {
+    "sage": "SageAttention quantizes attention",
+    "fp8": "fp8 attention computes other values",
+    "varlen": "Axolotl's varlen is for diffusion language models only",
+}
+LEGACY_ATTENTION = {
+    "flash_attention": "flash_attention_2",
+    "sdp_attention": "sdpa",
+    "flex_attention": "flex_attention",
+    "eager_attention": "eager",
+}
+
+
 def _attention(data: dict, bad: set[str]) -> list[Finding]:
-    legacy = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "flex_attention": "flex_attention"}
-    on = [k for k in legacy if data.get(k) is True and k not in bad]
+    on = [k for k in LEGACY_ATTENTION if data.get(k) is True and k not in bad]
     if on and data.get("attn_implementation"):
         return [
             Finding(
@@ -136,8 +161,35 @@ def _attention(data: dict, bad: set[str]) -> list[Finding]:
     if len(on) > 1:
         return [Finding((on[1],), f"conflicts with {on[0]}", "choose one attention implementation")]
     if on:
-        data["attn_implementation"] = legacy[on[0]]
-    return []
+        data["attn_implementation"] = LEGACY_ATTENTION[on[0]]
+        return []
+    wanted = data.get("attn_implementation")
+    if not isinstance(wanted, str) or "attn_implementation" in bad or wanted in ATTENTION.values():
+        return []
+    if wanted in APPROXIMATE_ATTENTION:
+        return [
+            Finding(
+                ("attn_implementation",),
+                f"{wanted!r}: {APPROXIMATE_ATTENTION[wanted]}, which ds-tp does not implement",
+                "use sdpa or flash_attention_2",
+            )
+        ]
+    runs = ATTENTION.get(wanted) or ("flash_attention_2" if "/" in wanted or "flash" in wanted else None)
+    if runs is None:
+        known = sorted(ATTENTION) + ["a hub kernel path (org/name)"]
+        return [
+            Finding(
+                ("attn_implementation",),
+                f"{wanted!r} is not an attention implementation ds-tp knows",
+                "one of: " + ", ".join(known),
+            )
+        ]
+    data["attn_implementation"] = runs
+    return [
+        Finding(
+            ("attn_implementation",), f"{wanted!r}: exact attention, run as {runs} (the same values)", level="notice"
+        )
+    ]
 
 
 def exclusive(data: dict, bad: set[str]) -> list[Finding]:
@@ -149,8 +201,22 @@ def exclusive(data: dict, bad: set[str]) -> list[Finding]:
     return found
 
 
-def cross_field(data: dict, bad: set[str]) -> list[Finding]:
+def dataset_types(data: dict, bad: set[str]) -> list[Finding]:
+    """Each dataset's type as Axolotl names it: implemented, or refused at its line with the reason."""
     found: list[Finding] = []
+    for key in ("datasets", "test_datasets"):
+        entries = data.get(key) if key not in bad else None
+        for index, entry in enumerate(entries if isinstance(entries, list) else []):
+            kind = entry.get("type") if isinstance(entry, dict) else None
+            if isinstance(kind, str):
+                implemented, why = resolve_dataset_type(kind)
+                if implemented is None:
+                    found.append(Finding((key, index, "type"), why))
+    return found
+
+
+def cross_field(data: dict, bad: set[str]) -> list[Finding]:
+    found: list[Finding] = dataset_types(data, bad)
     if not data.get("datasets") and "datasets" not in bad:
         found.append(
             Finding(

@@ -231,6 +231,7 @@ def _one_per_group(found: list[tuple[Finding, str | None]]) -> list[Finding]:
     out: list[Finding] = []
     grouped: dict[str, list[Finding]] = {}
     for finding, group in found:
+        group = group or (finding.message if finding.level == "error" else None)  # same reason: one line
         if group and finding.level == "error":
             if group not in grouped:
                 grouped[group] = []

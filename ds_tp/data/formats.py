@@ -11,6 +11,7 @@ from ds_tp.data.prompts import (
     user_defined_formatter,
 )
 from ds_tp.errors import Problem, UserError
+from ds_tp.translators.dataset_types import resolve_dataset_type
 
 KNOWN_TYPES = ("alpaca", "completion", "chat_template")
 
@@ -24,6 +25,11 @@ def formatter_for(entry: dict, index: int, cfg: dict, tokenizer) -> Formatter:
         if problems:
             raise UserError(problems)
         return user_defined_formatter(tokenizer, kind, train_on_inputs=train_on_inputs)
+    if isinstance(kind, str):
+        implemented, why = resolve_dataset_type(kind)
+        if implemented is None:
+            raise UserError(Problem(why, key=f"{key}.type"))
+        kind = implemented
     if kind == "alpaca":
         return alpaca_formatter(tokenizer, train_on_inputs=train_on_inputs)
     if kind == "completion":

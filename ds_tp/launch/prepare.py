@@ -48,9 +48,12 @@ def schedule(cfg: dict, train_rows: int, global_batch: int) -> tuple[int, int]:
     return steps_per_epoch, int(total)
 
 
-def every(cfg: dict, steps_key: str, per_epoch_key: str, steps_per_epoch: int) -> int | None:
-    if cfg.get(steps_key):
-        return int(cfg[steps_key])
+def every(cfg: dict, steps_key: str, per_epoch_key: str, steps_per_epoch: int, total: int) -> int | None:
+    """Steps between saves or evals. A value below 1 is a fraction of the total steps (as HF's Trainer reads
+    Axolotl's float eval_steps / save_steps)."""
+    value = cfg.get(steps_key)
+    if value:
+        return max(1, math.ceil(value * total)) if value < 1 else int(value)
     if cfg.get(per_epoch_key):
         return max(1, steps_per_epoch // int(cfg[per_epoch_key]))
     return None
@@ -87,7 +90,7 @@ def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profi
                        model_path=model_path, prepared_path=str(prepared.path), output_dir=str(output_dir),
                        train_rows=prepared.train_rows, eval_rows=prepared.eval_rows, global_batch=global_batch,
                        steps_per_epoch=steps_per_epoch, total_steps=total, logging_steps=logging_steps,
-                       save_steps=every(values, "save_steps", "saves_per_epoch", steps_per_epoch),
-                       eval_steps=every(values, "eval_steps", "evals_per_epoch", steps_per_epoch)
+                       save_steps=every(values, "save_steps", "saves_per_epoch", steps_per_epoch, total),
+                       eval_steps=every(values, "eval_steps", "evals_per_epoch", steps_per_epoch, total)
                        if prepared.eval_rows else None, resume_from=resume_from, use_profiler=use_profiler,
                        notes=notes, plugin_modules=cfg.plugin_modules)

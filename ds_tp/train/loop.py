@@ -25,6 +25,7 @@ from ds_tp.train.internals import disable_backward_allreduce
 from ds_tp.train.loss import linear_cross_entropy_sum
 from ds_tp.train.metrics import MetricsLog, Progress
 from ds_tp.train.nonfinite import StepGuard
+from ds_tp.train.watchdog import LossWatchdog
 
 
 @dataclass
@@ -47,6 +48,7 @@ class LoopState:
     guard: StepGuard
     agreement: object | None
     stop: object | None
+    watchdog: LossWatchdog
     window_start: float
     window_tokens: int = 0
     save_s: float = 0.0
@@ -147,7 +149,8 @@ class Trainer:
             progress=Progress(plan.total_steps, start_step) if main else None,
             guard=StepGuard(self.engine, self.mesh.rank, int(plan.config.get("max_nonfinite_steps", 10)),
                             self.layout.tp),
-            agreement=self._stop_agreement(stop), stop=stop, window_start=time.perf_counter())
+            agreement=self._stop_agreement(stop), stop=stop, window_start=time.perf_counter(),
+            watchdog=LossWatchdog(plan.config.get("loss_watchdog_threshold"), plan.config.get("loss_watchdog_patience")))
         actions = (self._log_if_due, self._evaluate_if_due, self._show, self._save_or_stop)
         reached = start_step
         with (self._profiler() if plan.use_profiler else nullcontext()) as prof:
@@ -198,6 +201,7 @@ class Trainer:
             if state.metrics:
                 state.metrics.write(state.row)
                 self._monitor(state.row, ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"))
+            state.watchdog.check(result.done, state.row["loss"])
         state.guard.after_optimizer_step(result.step)  # after the row is written: it shows the last skipped step
 
     def _evaluate_if_due(self, result: "StepResult", state: "LoopState") -> None:

@@ -61,3 +61,16 @@ def test_warmup_starts_at_zero_and_rises_every_step(tmp_path):
                                      "--dp-shard-size", "1", "--learning-rate", "0.4", "--warmup-steps", "4",
                                      "--lr-scheduler", "constant", "--optimizer", "sgd"], 1)
     assert [round(r["lr"], 6) for r in rows] == [0.0, 0.1, 0.2]
+
+
+def test_loss_watchdog_stops_a_run_above_the_threshold(tmp_path):
+    """Axolotl's loss_watchdog_*: two logged steps above the threshold stop the run with the reason."""
+    import pytest
+
+    from tests.ranks.harness import read_metrics
+    out = tmp_path / "dog"
+    with pytest.raises(RuntimeError) as caught:
+        train(out, ["--max-steps", "6", "--logging-steps", "1", "--sequence-len", "64", "--dp-shard-size", "1",
+                    "--loss-watchdog-threshold", "0.001", "--loss-watchdog-patience", "2"], 1)
+    assert "LossDiverged: loss watchdog" in str(caught.value) and "up to step 2" in str(caught.value)
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]  # stopped at once, not after 6 steps
