@@ -257,6 +257,21 @@ def export(checkpoint, out):
     click.echo(f"exported {checkpoint} -> {out}")
 
 
+@main.command()
+@click.argument("what", type=click.Choice(["deepspeed_configs"]))
+@click.argument("dest", required=False, type=click.Path(path_type=Path))
+@user_errors
+def fetch(what, dest):
+    """Write ds-tp's files of Axolotl's names: `fetch deepspeed_configs [DIR]` (default ./deepspeed_configs)."""
+    from ds_tp.deepspeed_configs import names, write_all
+    folder = dest or Path("deepspeed_configs")
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: exists and is not a folder")
+    written = write_all(folder)
+    kept = len(names()) - len(written)
+    click.echo(f"wrote {len(written)} DeepSpeed configs to {folder}" + (f" ({kept} already there, kept)" if kept else ""))
+
+
 def _positive(option: str, text: str | None, kind=int):
     """A positive number from an option, or one line naming the option (click's errors take several)."""
     try:

@@ -132,7 +132,25 @@ def _user_deepspeed(data: dict, config_dir: Path, bad: set[str]) -> tuple[dict |
     candidates = [Path(value), config_dir / value]
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
-        return None, [Finding(("deepspeed",), f"no such file {value!r}", "a DeepSpeed JSON file or an inline mapping")]
+        from ds_tp.deepspeed_configs import names, preset_text
+
+        preset = preset_text(Path(value).name)
+        if preset is not None:  # Axolotl's shipped names resolve to ds-tp's own file of that name
+            return json.loads(preset), [
+                Finding(
+                    ("deepspeed",),
+                    f"{value!r} is not here: using ds-tp's "
+                    f"{Path(value).name} (`ds-tp fetch deepspeed_configs` writes them out)",
+                    level="notice",
+                )
+            ]
+        return None, [
+            Finding(
+                ("deepspeed",),
+                f"no such file {value!r}",
+                "a DeepSpeed JSON file, an inline mapping, or one of Axolotl's names: " + ", ".join(names()),
+            )
+        ]
     try:
         loaded = json.loads(found.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:

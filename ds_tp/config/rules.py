@@ -48,14 +48,14 @@ def rename_legacy(data: dict, renamed: dict[str, str] | None = None) -> list[Fin
         else:
             data.setdefault("context_parallel_size", old)
             found.append(
-                Finding(("sequence_parallel_degree",), "is the old name of context_parallel_size", level="warning")
+                Finding(("sequence_parallel_degree",), "is the old name of context_parallel_size", level="notice")
             )
     fsdp = data.get("fsdp_config")
     if isinstance(fsdp, dict):
         for key in [k for k in fsdp if isinstance(k, str) and k.startswith("fsdp_")]:
             fsdp.setdefault(key[5:], fsdp.pop(key))
             found.append(
-                Finding(("fsdp_config", key), f"read as {key[5:]} (the fsdp_ prefix is dropped)", level="warning")
+                Finding(("fsdp_config", key), f"read as {key[5:]} (the fsdp_ prefix is dropped)", level="notice")
             )
     return found
 
@@ -210,7 +210,7 @@ def dataset_types(data: dict, bad: set[str]) -> list[Finding]:
             kind = entry.get("type") if isinstance(entry, dict) else None
             if isinstance(kind, str):
                 implemented, why = resolve_dataset_type(kind)
-                if implemented is None:
+                if implemented is None and not (data.get("rl") and "preference-training" in why):  # rl: says it
                     found.append(Finding((key, index, "type"), why))
     return found
 
