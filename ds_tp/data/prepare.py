@@ -84,6 +84,13 @@ def build(cfg: dict, tokenizer, sources: list[Source], formatters: list[Formatte
                     shortest_dropped = min(shortest_dropped or len(ids), len(ids))
                     continue
                 examples.append((ids, labels))
+    examples, too_short = drop_short(examples, int(cfg.get("min_sample_len") or 2))
+    duplicates = 0
+    if cfg.get("dataset_exact_deduplication"):
+        examples, duplicates = deduplicate(examples)
+    if not examples and too_short:
+        raise UserError(Problem(f"every example is shorter than min_sample_len {cfg.get('min_sample_len') or 2} tokens",
+                                key="min_sample_len", where=", ".join(s.location for s in sources)))
     if not examples:
         raise UserError(Problem(f"every example is longer than sequence_len {sequence_len} tokens "
                                 f"(the shortest has {shortest_dropped})", key="sequence_len",
@@ -103,8 +110,28 @@ def build(cfg: dict, tokenizer, sources: list[Source], formatters: list[Formatte
     out = scratch / "out"
     train_rows = save_rows(build_rows(train, **layout), out / "train")
     eval_rows = save_rows(build_rows(evaluation, **layout), out / "eval") if evaluation else 0
-    return {"train_rows": train_rows, "eval_rows": eval_rows, "dropped_long": dropped,
+    return {"train_rows": train_rows, "eval_rows": eval_rows, "dropped_long": dropped, "dropped_short": too_short,
+            "duplicates_removed": duplicates,
             "examples": {"train": len(train), "eval": len(evaluation)}, "pad_id": pad_id, **layout}
+
+
+def drop_short(examples: list[Example], min_len: int) -> tuple[list[Example], int]:
+    """Examples of at least min_len tokens (Axolotl's min_sample_len, default 2: a one-token example has no
+    next token to learn), and how many were dropped."""
+    kept = [e for e in examples if len(e[0]) >= min_len]
+    return kept, len(examples) - len(kept)
+
+
+def deduplicate(examples: list[Example]) -> tuple[list[Example], int]:
+    """dataset_exact_deduplication: identical examples (same tokens, same labels) kept once, the first."""
+    seen: set[tuple] = set()
+    kept = []
+    for ids, labels in examples:
+        key = (tuple(ids), tuple(labels))
+        if key not in seen:
+            seen.add(key)
+            kept.append((ids, labels))
+    return kept, len(examples) - len(kept)
 
 
 def tokenize_table(table: Table, formatter: Formatter) -> list[Example]:
