@@ -249,7 +249,7 @@ def cross_field(data: dict, bad: set[str]) -> list[Finding]:
                 )
             )
     if data.get("val_set_size", 0) == 0 and not bad & {"eval_steps", "evals_per_epoch"}:
-        for key in ("eval_steps", "evals_per_epoch"):
+        for key in ("eval_steps", "evals_per_epoch", "early_stopping_patience"):
             if data.get(key) and not data.get("test_datasets"):
                 found.append(Finding((key,), "has no effect without val_set_size or test_datasets", level="warning"))
     grace = data.get("preemption_grace_period")

@@ -25,7 +25,7 @@ from ds_tp.train.internals import disable_backward_allreduce
 from ds_tp.train.loss import linear_cross_entropy_sum
 from ds_tp.train.metrics import MetricsLog, Progress
 from ds_tp.train.nonfinite import StepGuard
-from ds_tp.train.watchdog import LossWatchdog
+from ds_tp.train.watchdog import EarlyStopping, LossWatchdog
 
 
 @dataclass
@@ -49,6 +49,7 @@ class LoopState:
     agreement: object | None
     stop: object | None
     watchdog: LossWatchdog
+    early: EarlyStopping
     window_start: float
     window_tokens: int = 0
     save_s: float = 0.0
@@ -63,6 +64,7 @@ class Trainer:
 
         self.dist = dist
         self.plan, self.resolved, self.mesh, self.engine, self.log = plan, run, mesh, engine, log
+        self.finished_early = False  # early stopping: the run is complete, the model is exported
         self.train_rows, self.eval_rows, self.pad_id = train_rows, eval_rows, pad_id
         self.flops_token, self.peak = flops_token, peak
         cfg = plan.config
@@ -140,7 +142,7 @@ class Trainer:
         return [dataset[int(i)] for i in indices]
 
     # --- the loop: one train step, then a short list of after-step actions ------------------
-    def run(self, start_step: int, stop=None) -> int:
+    def run(self, start_step: int, stop=None, resumed: dict | None = None) -> int:
         """Train from start_step; returns the step reached (< total_steps when stopped by a signal)."""
         plan = self.plan
         main = self.mesh.is_main
@@ -150,7 +152,8 @@ class Trainer:
             guard=StepGuard(self.engine, self.mesh.rank, int(plan.config.get("max_nonfinite_steps", 10)),
                             self.layout.tp),
             agreement=self._stop_agreement(stop), stop=stop, window_start=time.perf_counter(),
-            watchdog=LossWatchdog(plan.config.get("loss_watchdog_threshold"), plan.config.get("loss_watchdog_patience")))
+            watchdog=LossWatchdog(plan.config.get("loss_watchdog_threshold"), plan.config.get("loss_watchdog_patience")),
+            early=EarlyStopping(plan.config.get("early_stopping_patience"), (resumed or {}).get("early_stopping")))
         actions = (self._log_if_due, self._evaluate_if_due, self._show, self._save_or_stop)
         reached = start_step
         with (self._profiler() if plan.use_profiler else nullcontext()) as prof:
@@ -213,6 +216,12 @@ class Trainer:
             self._monitor(eval_row, ("eval_loss",))
         if state.progress:
             state.progress.update(result.done, eval_row)
+        if state.early.should_stop(eval_row["eval_loss"]) and result.done < self.plan.total_steps:
+            self.log(f"early stopping: eval_loss has not improved on {state.early.best:.4f} for "
+                     f"{state.early.without_improvement} evaluations (early_stopping_patience); stopping after step "
+                     f"{result.done} and saving the model")
+            self.finished_early = True
+            state.halted = True
 
     def _show(self, result: "StepResult", state: "LoopState") -> None:
         if state.progress:
@@ -226,7 +235,7 @@ class Trainer:
         path = None
         if (self.plan.save_steps and done % self.plan.save_steps == 0 and done < total) or (halt and halt.save):
             save_start = time.perf_counter()
-            path = self._save(done)
+            path = self._save(done, state)
             state.save_s = time.perf_counter() - save_start
         if halt:
             self._stopped(state.stop, halt, done, path if halt.save else None)
@@ -253,9 +262,9 @@ class Trainer:
         self.log(f"{stop.signal_name or 'a signal'} on some rank: stopped after step {done}; "
                  + (f"saved {path}" if why is None else f"not saved: {why}"))
 
-    def _save(self, done: int) -> Path:
+    def _save(self, done: int, loop: "LoopState") -> Path:
         plan = self.plan
-        state = {"total_steps": plan.total_steps, "global_batch": plan.global_batch, "layout": plan.run["layout"],
+        state = {"early_stopping": loop.early.state(), "total_steps": plan.total_steps, "global_batch": plan.global_batch, "layout": plan.run["layout"],
                  "run": plan.run,
                  "world": self.mesh.world, "model_path": plan.model_path, "config": plan.config}
         path = save_checkpoint(self.engine, self.mesh, self.output_dir, done, state, plan.config.get("save_total_limit"))

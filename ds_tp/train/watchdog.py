@@ -1,4 +1,10 @@
-"""Axolotl's loss watchdog: stop when the logged loss stays above loss_watchdog_threshold for
+"""Two ways a run ends early, as Axolotl's trainer ends them.
+
+Early stopping (HF's EarlyStoppingCallback, which Axolotl adds for early_stopping_patience): no lower
+eval_loss for N evaluations in a row ends the run, and the model is saved as at the end of training.
+Its count is saved in each checkpoint, so a resumed run counts on.
+
+Axolotl's loss watchdog: stop when the logged loss stays above loss_watchdog_threshold for
 loss_watchdog_patience logged steps in a row (default 3), as a diverged run wastes the GPUs.
 
 Every rank sees the same logged loss (it is all-reduced), so every rank stops at the same step. The run
@@ -28,3 +34,24 @@ class LossWatchdog:
             raise LossDiverged(f"loss watchdog: loss {loss:.4g} above loss_watchdog_threshold {self.threshold:g} for "
                                f"{self.above} logged steps in a row (up to step {step}); stopped. Lower learning_rate "
                                "or check the data, and resume from the last checkpoint")
+
+
+class EarlyStopping:
+    """early_stopping_patience: stop after this many evaluations in a row without a lower eval_loss."""
+
+    def __init__(self, patience: int | None, saved: dict | None = None):
+        self.patience = patience
+        self.best: float | None = (saved or {}).get("best")
+        self.without_improvement = int((saved or {}).get("without_improvement", 0))
+
+    def state(self) -> dict:
+        return {"best": self.best, "without_improvement": self.without_improvement}
+
+    def should_stop(self, eval_loss: float) -> bool:
+        if not self.patience:
+            return False
+        if self.best is None or eval_loss < self.best:
+            self.best, self.without_improvement = eval_loss, 0
+        else:
+            self.without_improvement += 1
+        return self.without_improvement >= self.patience

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f"{peak:.3g} FLOP/s ({PEAK_SOURCE})" if peak else f"unknown for {device['name']} ({run.precision.name}): "
            "MFU not reported"))
 
-    start = 0
+    start, state = 0, {}
     scheduler = engine.lr_scheduler
     if not plan.resume_from and getattr(scheduler, "last_batch_iteration", None) == -1:
         # DeepSpeed's Warmup* schedules give iteration -1 and iteration 0 both the floor rate, so the
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     train_rows, eval_rows = load_prepared(Path(plan.prepared_path))
     pad_id = load_tokenizer(plan.model_path, cfg).pad_token_id
     trainer = Trainer(plan, run, mesh, engine, train_rows, eval_rows, pad_id, flops_token, peak, log)
-    reached = trainer.run(start, stop)
-    if reached < plan.total_steps:
+    reached = trainer.run(start, stop, state)
+    if reached < plan.total_steps and not trainer.finished_early:
         return 0  # stopped by a signal after saving a checkpoint; no export of a half-trained model
     export_hf(engine, mesh, plan, Path(plan.output_dir))
     log(f"saved the model to {plan.output_dir} (AutoModelForCausalLM.from_pretrained loads it)")

@@ -74,3 +74,20 @@ def test_loss_watchdog_stops_a_run_above_the_threshold(tmp_path):
                     "--loss-watchdog-threshold", "0.001", "--loss-watchdog-patience", "2"], 1)
     assert "LossDiverged: loss watchdog" in str(caught.value) and "up to step 2" in str(caught.value)
     assert [r["step"] for r in read_metrics(out)] == [1, 2]  # stopped at once, not after 6 steps
+
+
+def test_early_stopping_ends_the_run_and_saves_the_model(tmp_path):
+    """early_stopping_patience 2: an lr too small to move a float32 weight keeps eval_loss equal, so the
+    run stops after the third evaluation and the model is exported as at the end of training."""
+    out = tmp_path / "early"
+    rows = train(out, ["--max-steps", "8", "--logging-steps", "1", "--sequence-len", "64", "--dp-shard-size", "1",
+                       "--val-set-size", "0.05", "--eval-steps", "1", "--early-stopping-patience", "2", "--save-steps", "2",
+                       "--optimizer", "sgd", "--learning-rate", "1e-30", "--lr-scheduler", "constant",
+                       "--warmup-steps", "0"], 1)
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert len(evals) == 3 and evals[0] == evals[1] == evals[2]
+    assert max(r["step"] for r in rows) == 3
+    assert (out / "model.safetensors").is_file()
+    # the count is saved with the checkpoint (one evaluation without improvement at step 2), for a resume
+    saved = json.loads((out / "checkpoint-2" / "ds_tp_state.json").read_text())["early_stopping"]
+    assert saved == {"best": evals[0], "without_improvement": 1}

@@ -145,3 +145,9 @@ def test_broken_files_are_one_clear_line(tmp_path, content, needle):
 
 def test_missing_file(tmp_path):
     assert "no such config file" in problems(tmp_path / "nope.yaml")[0]
+
+
+def test_early_stopping_without_an_eval_split_is_a_warning(write_config):
+    cfg = load_config(write_config(MINIMAL + "early_stopping_patience: 3\n"))
+    assert any("early_stopping_patience: has no effect without val_set_size" in str(w) for w in cfg.warnings)
+    assert not load_config(write_config(MINIMAL + "early_stopping_patience: 3\nval_set_size: 0.1\n", "b.yaml")).warnings

@@ -20,3 +20,18 @@ def test_default_patience_and_off_without_threshold():
     with pytest.raises(LossDiverged):
         dog.check(3, 2.0)
     LossWatchdog(None, 1).check(1, 1e9)  # no threshold: never stops
+
+
+def test_early_stopping_counts_evaluations_without_improvement():
+    from ds_tp.train.watchdog import EarlyStopping
+    early = EarlyStopping(2)
+    assert [early.should_stop(x) for x in (3.0, 2.0, 2.5, 1.5, 1.5, 1.6)] == [False, False, False, False, False, True]
+    assert early.best == 1.5 and not EarlyStopping(None).should_stop(9.0)
+
+
+def test_early_stopping_counts_on_after_a_resume():
+    from ds_tp.train.watchdog import EarlyStopping
+    before = EarlyStopping(3)
+    [before.should_stop(x) for x in (2.0, 2.1, 2.2)]
+    resumed = EarlyStopping(3, before.state())
+    assert resumed.should_stop(2.3) and not EarlyStopping(3).should_stop(2.3)
