@@ -17,6 +17,15 @@ from .resolved import ResolvedRun, zero_stage
 
 BIG = 10**12  # "never release": stage-3 reuse distance and live parameters when resharding is off
 ADAMW_NAMES = {"adamw_torch", "adamw_torch_fused", "adamw_hf", "adamw_apex_fused", "adam", "adamw"}
+# HF Trainer's bitsandbytes names -> (bitsandbytes.optim class, why). ds-tp builds these itself and hands
+# them to deepspeed.initialize (DeepSpeed's JSON cannot name them); client_optimizer() is the one decision.
+BNB_OPTIMIZERS = {
+    "adamw_bnb_8bit": ("AdamW8bit", "bitsandbytes 8-bit AdamW (blockwise-quantized moments)"),
+    "adamw_8bit": ("AdamW8bit", "bitsandbytes 8-bit AdamW (HF's other name for adamw_bnb_8bit)"),
+    "paged_adamw_8bit": ("PagedAdamW8bit", "bitsandbytes paged 8-bit AdamW (paging is CUDA-only; plain on CPU)"),
+    "paged_adamw_32bit": ("PagedAdamW32bit", "bitsandbytes paged 32-bit AdamW (paging is CUDA-only; plain on CPU)"),
+}
+OPTIMIZER_HINT = "use adamw_torch_fused, adamw_torch, sgd, or a bitsandbytes AdamW: " + ", ".join(BNB_OPTIMIZERS)
 SCHEDULERS = {"cosine", "cosine_with_min_lr", "linear", "constant", "constant_with_warmup"}
 
 
@@ -198,18 +207,49 @@ def _parallel(layout: Layout, out: Translation) -> None:
         out.set("sequence_parallel_size", layout.cp, "context_parallel_size", "Ulysses sequence parallel")
 
 
+def adam_params(cfg: dict) -> dict:
+    """lr, betas, eps and weight decay as Axolotl passes them to HF Trainer (its defaults)."""
+    return {
+        "lr": float(cfg["learning_rate"]),
+        "betas": [float(cfg.get("adam_beta1", 0.9)), float(cfg.get("adam_beta2", 0.999))],
+        "eps": float(cfg.get("adam_epsilon", 1e-8)),
+        "weight_decay": float(cfg.get("weight_decay", 0.0)),
+    }
+
+
+def client_optimizer(cfg: dict) -> tuple[str, dict] | None:
+    """(bitsandbytes.optim class name, its keyword arguments) when ds-tp builds the optimizer itself,
+    None when DeepSpeed builds it from the JSON's optimizer block."""
+    name = cfg.get("optimizer", "adamw_torch_fused")
+    if name not in BNB_OPTIMIZERS:
+        return None
+    params = adam_params(cfg)
+    params["betas"] = tuple(params["betas"])
+    return BNB_OPTIMIZERS[name][0], params
+
+
 def _optimizer(cfg: dict, run: ResolvedRun, out: Translation) -> None:
     name = cfg.get("optimizer", "adamw_torch_fused")
     lr = float(cfg["learning_rate"])
     wd = float(cfg.get("weight_decay", 0.0))
-    if name in ADAMW_NAMES:
-        params = {
-            "lr": lr,
-            "betas": [float(cfg.get("adam_beta1", 0.9)), float(cfg.get("adam_beta2", 0.999))],
-            "eps": float(cfg.get("adam_epsilon", 1e-8)),
-            "weight_decay": wd,
-            "torch_adam": True,
-        }
+    client = client_optimizer(cfg)
+    if client is not None:
+        cls, kwargs = client
+        shown = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        out.note(
+            "optimizer",
+            "(ds-tp)",
+            f"bitsandbytes.optim.{cls}({shown})",
+            BNB_OPTIMIZERS[name][1] + "; built by ds-tp and handed to deepspeed.initialize",
+        )
+        out.set(
+            "zero_force_ds_cpu_optimizer",
+            False,
+            "optimizer",
+            "with optimizer offload DeepSpeed would insist on its CPU Adam; the bitsandbytes one runs there too",
+        )
+    elif name in ADAMW_NAMES:
+        params = {**adam_params(cfg), "torch_adam": True}
         why = "torch.optim.AdamW (torch_adam: no JIT-built fused_adam)"
         if name == "adamw_torch_fused":
             if run.fused_adamw:
@@ -228,7 +268,7 @@ def _optimizer(cfg: dict, run: ResolvedRun, out: Translation) -> None:
             Finding(
                 ("optimizer",),
                 f"optimizer {name!r} is not implemented by ds-tp",
-                "use adamw_torch_fused, adamw_torch or sgd",
+                OPTIMIZER_HINT,
             )
         )
         return

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     from ds_tp.train.loop import Trainer
     from ds_tp.train.mesh import attach_sequence_parallel, init_distributed
     from ds_tp.train.model import attention_for, load_model, shapes_before_sharding, sharding_report
+    from ds_tp.train.optimizer import build_optimizer
     from ds_tp.train.preempt import StopRequest
     stop = StopRequest().install()  # before the slow start-up, so an early Ctrl-C is not lost
     plan = PreparedRun.read(Path(args.run_file))
@@ -63,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     call_hook(plugins, "post_model_load", cfg, model)
     shape = run.model
     global_shapes = shapes_before_sharding(model)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()
-                                                                          if p.requires_grad],
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable,
+                                           optimizer=build_optimizer(cfg, trainable),
                                            config=plan.ds_config, mpu=mesh.mpu)
     engine.train()  # from_pretrained returns eval mode: gradient checkpointing and dropout would be off
     compile_model(engine, cfg, device["accelerator"], log)

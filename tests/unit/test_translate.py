@@ -105,3 +105,17 @@ def test_deepspeed_parser_accepts_every_example():
         parsed = DeepSpeedConfig(dict(config))
         assert parsed.train_micro_batch_size_per_gpu == config["train_micro_batch_size_per_gpu"], example
         assert parsed.zero_optimization_stage == config["zero_optimization"]["stage"], example
+
+
+def test_bitsandbytes_optimizers_are_built_by_ds_tp(write_config):
+    from ds_tp.translators.deepspeed import client_optimizer
+    path = write_config(MINIMAL + "optimizer: paged_adamw_8bit\nadam_beta2: 0.95\nweight_decay: 0.1\n")
+    out = ds(path, None)
+    assert "optimizer" not in out and out["zero_force_ds_cpu_optimizer"] is False
+    values = load_config(path, (), None).values
+    assert client_optimizer(values) == ("PagedAdamW8bit", {"lr": 2e-5, "betas": (0.9, 0.95), "eps": 1e-8,
+                                                            "weight_decay": 0.1})
+    assert client_optimizer({**values, "optimizer": "adamw_torch"}) is None
+    with pytest.raises(UserError) as info:
+        ds(write_config(MINIMAL + "optimizer: adamw_torch_8bit\n", "b.yaml"), None)
+    assert "adamw_bnb_8bit" in str(info.value)
