@@ -31,6 +31,15 @@ def shape_of(hf_config, source: str = "model config") -> ModelShape:
     return ModelShape.from_config(values, source)
 
 
+def parameter_names(hf_config, cfg: dict) -> list[str]:
+    """The model's parameter names, from a model built on the meta device (no memory, no weights read)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=bool(cfg.get("trust_remote_code")))
+    return [name for name, _ in model.named_parameters()]
+
+
 def resolve_model_path(base_model: str, config_dir: Path) -> str:
     """A local folder, a builtin asset (built on first use), or a hub name left to transformers' cache."""
     if base_model.startswith("builtin:"):

@@ -12,7 +12,7 @@ Where each decision lives:
 - ZeRO stage ............. zero_stage() below (3 exactly when dp_shard > 1; a user's JSON may override)
 - precision, tf32 ........ resolve_precision() below
 - model shape ............ model_shape.ModelShape.from_config
-- trainable set .......... ResolvedRun.trainable ("full"; adapters add theirs here)
+- trainable set .......... ResolvedRun.trainable ("full", or unfrozen_parameters; adapters add theirs here)
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 from .layout import Layout
 from .model_shape import ModelShape
+from .trainable import trainable_summary
 
 
 @dataclass(frozen=True)
@@ -174,5 +175,6 @@ def resolve_run(
         zero_stage=stage,
         zero_why=why,
         fused_adamw=fused,
+        trainable=trainable_summary(cfg),
         model=model,
     )

@@ -10,6 +10,7 @@ from ds_tp.errors import Finding, UserError
 from ds_tp.translators.dataset_types import resolve_dataset_type
 from ds_tp.translators.model_shape import ModelShape
 from ds_tp.translators.resolved import zero_stage
+from ds_tp.translators.trainable import pattern_problems
 
 BATCH_KEYS = ("micro_batch_size", "gradient_accumulation_steps", "batch_size")
 EXCLUSIVE = [
@@ -252,6 +253,10 @@ def cross_field(data: dict, bad: set[str]) -> list[Finding]:
         for key in ("eval_steps", "evals_per_epoch", "early_stopping_patience"):
             if data.get(key) and not data.get("test_datasets"):
                 found.append(Finding((key,), "has no effect without val_set_size or test_datasets", level="warning"))
+    patterns = data.get("unfrozen_parameters")
+    if isinstance(patterns, list) and "unfrozen_parameters" not in bad:
+        for index, why in pattern_problems(patterns):
+            found.append(Finding(("unfrozen_parameters", index), why))
     grace = data.get("preemption_grace_period")
     if isinstance(grace, (int, float)) and grace > 30 and "preemption_grace_period" not in bad:
         found.append(

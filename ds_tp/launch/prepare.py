@@ -59,6 +59,23 @@ def every(cfg: dict, steps_key: str, per_epoch_key: str, steps_per_epoch: int, t
     return None
 
 
+def check_unfrozen(cfg: Config, hf_config) -> str | None:
+    """unfrozen_parameters against the model's parameter names: a pattern set that matches nothing is
+    refused (Axolotl would train nothing); otherwise one line saying how many tensors train."""
+    patterns = cfg.values.get("unfrozen_parameters")
+    if not patterns:
+        return None
+    from ds_tp.model_config import parameter_names
+    from ds_tp.translators.trainable import split_names
+    trained, frozen = split_names(parameter_names(hf_config, cfg.values), patterns)
+    if not trained:
+        raise UserError(Problem("matches none of the model's parameters, so nothing would train", key="unfrozen_parameters",
+                                where=cfg.where(("unfrozen_parameters",)),
+                                hint="its parameters are named like " + ", ".join(frozen[:3])))
+    return (f"unfrozen_parameters: {len(trained)} of {len(trained) + len(frozen)} parameter tensors train "
+            f"(e.g. {trained[0]}); {len(frozen)} are frozen")
+
+
 def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profiler: bool,
                 overwrite: bool, check_output: bool = True) -> PreparedRun:
     from ds_tp.config.rules import shape_findings
@@ -73,10 +90,12 @@ def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profi
         check_output_dir(output_dir, resuming=bool(resume_from), overwrite=overwrite)
     model_path = resolve_model_path(values["base_model"], cfg.source.parent)
     tokenizer = load_tokenizer(model_path, values)
-    shape = shape_of(load_model_config(model_path, values, where=cfg.where(("base_model",))), model_path)
+    hf_config = load_model_config(model_path, values, where=cfg.where(("base_model",)))
+    shape = shape_of(hf_config, model_path)
     shape_errors = shape_findings(shape, cfg.layout)
     if shape_errors:
         raise UserError([to_problem(cfg.source, cfg.marks, f) for f in shape_errors])
+    trained_note = check_unfrozen(cfg, hf_config)
     prepared = prepare_datasets(values, tokenizer, config_dir=cfg.source.parent)
     global_batch = effective_batch(values["micro_batch_size"], values["gradient_accumulation_steps"], cfg.layout)
     steps_per_epoch, total = schedule(values, prepared.train_rows, global_batch)
@@ -86,6 +105,8 @@ def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profi
     logging_steps = values.get("logging_steps") or max(min(int(0.005 * total), 10), 1)
     notes = [f"{prepared.train_rows} training rows ({'cached' if prepared.cache_hit else 'prepared'} in "
              f"{prepared.path}), {prepared.dropped_long} dropped as longer than sequence_len"]
+    if trained_note:
+        notes.append(trained_note)
     return PreparedRun(config=values, run=translation.run.to_dict(), ds_config=translation.config,
                        model_path=model_path, prepared_path=str(prepared.path), output_dir=str(output_dir),
                        train_rows=prepared.train_rows, eval_rows=prepared.eval_rows, global_batch=global_batch,

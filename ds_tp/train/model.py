@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ds_tp.train.mesh import Mesh
+from ds_tp.translators.trainable import trainable_matcher
 
 
 def attention_for(cfg: dict, accelerator: str, log) -> str:
@@ -32,6 +33,9 @@ def load_model(plan, run, attn: str):
     model = AutoModelForCausalLM.from_pretrained(
         plan.model_path, attn_implementation=attn, dtype=torch.float32,
         trust_remote_code=bool(plan.config.get("trust_remote_code")))
+    trains = trainable_matcher(plan.config.get("unfrozen_parameters"))
+    for name, param in model.named_parameters():  # before deepspeed.initialize: frozen ones get no state
+        param.requires_grad_(trains(name))
     gc = plan.config.get("gradient_checkpointing")
     if gc:
         kwargs = plan.config.get("gradient_checkpointing_kwargs") or {"use_reentrant": False}
