@@ -58,6 +58,44 @@ def rename_legacy(data: dict, renamed: dict[str, str] | None = None) -> list[Fin
             found.append(
                 Finding(("fsdp_config", key), f"read as {key[5:]} (the fsdp_ prefix is dropped)", level="notice")
             )
+    for list_key in ("datasets", "test_datasets"):
+        entries = data.get(list_key)
+        for index, entry in enumerate(entries if isinstance(entries, list) else []):
+            if isinstance(entry, dict):
+                found += _legacy_message_fields(entry, (list_key, index))
+    return found
+
+
+def _legacy_message_fields(entry: dict, where: tuple) -> list[Finding]:
+    """message_field_role / message_field_content: Axolotl's old spellings of message_property_mappings."""
+    found: list[Finding] = []
+    for prop in ("role", "content"):
+        old = f"message_field_{prop}"
+        if old not in entry:
+            continue
+        mappings = entry.get("message_property_mappings")
+        if mappings is not None and not isinstance(mappings, dict):
+            continue  # the schema reports the mapping's type
+        mappings = entry.setdefault("message_property_mappings", {})
+        value = entry.pop(old)
+        if prop in mappings and mappings[prop] != value:
+            found.append(
+                Finding(
+                    (*where, old),
+                    f"conflicts with message_property_mappings.{prop} ({mappings[prop]!r})",
+                    f"keep only message_property_mappings: {{{prop}: ...}}",
+                )
+            )
+            continue
+        mappings[prop] = value
+        found.append(
+            Finding(
+                (*where, old),
+                f"is the old name of message_property_mappings.{prop}: read as "
+                f"message_property_mappings: {{{prop}: {value}}}",
+                level="notice",
+            )
+        )
     return found
 
 

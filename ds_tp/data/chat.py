@@ -3,10 +3,11 @@ train only on the turns whose role is in roles_to_train.
 
 Masking works on characters, then maps to tokens: the conversation is rendered once whole and once
 per turn prefix (messages[:i+1]); each prefix must be a prefix of the whole text, which gives where
-every turn ends. A turn's content is found inside its own stretch of text, and the text between the
-end of the content and the end of the turn is the turn's closing markup (EOS, <|im_end|>, ...), the
-part `train_on_eos` decides about. The full text is tokenized once, so boundaries never change how
-a tokenizer merges, and a token is trained when its first character is in a trained stretch.
+every turn ends. A turn's content is found inside its own stretch of text. The full text is tokenized
+once, so boundaries never change how a tokenizer merges, and a token is trained when its first
+character is in a trained turn's content. After each turn's content, as Axolotl does, the first
+end-of-turn token (eot_tokens, default eos_token) and the first EOS token within 3 tokens are
+trained as train_on_eot / train_on_eos say; the rest of the closing markup (a newline) is not.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ CHATML = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 NAMED_TEMPLATES = {"chatml": CHATML}
-TRAIN_ON_EOS = ("turn", "all", "last", "none")
+TRAIN_ON_EOS = ("turn", "all", "last", "none")  # also train_on_eot's values
 
 
 def resolve_chat_template(tokenizer, name: str | None, jinja: str | None, *, key: str) -> str:
@@ -50,11 +51,44 @@ def resolve_chat_template(tokenizer, name: str | None, jinja: str | None, *, key
     raise UserError(Problem(f"unknown chat template {name!r}", key=key, hint="one of: " + ", ".join(known)))
 
 
+def eot_token_ids(tokenizer, template: str, eot_tokens: list[str] | None, train_on_eos: str,
+                  train_on_eot: str) -> tuple[set[int], list[str]]:
+    """The ids of the end-of-turn tokens, as Axolotl picks them: eot_tokens, or the tokenizer's eos_token
+    when unset; a listed token the template never writes is dropped (returned as a warning), one that
+    encodes to several tokens is refused, and eos_token among them needs train_on_eot == train_on_eos."""
+    eos = tokenizer.eos_token
+    tokens = list(eot_tokens) if eot_tokens is not None else ([eos] if eos is not None else [])
+    warnings: list[str] = []
+    if tokens != [eos]:
+        kept = [t for t in tokens if t in template]
+        warnings = [f"eot_tokens: {t!r} is not in the chat template; ignored (as Axolotl)" for t in tokens if t not in kept]
+        tokens = kept
+        for token in tokens:
+            pieces = tokenizer.encode(token, add_special_tokens=False)
+            if len(pieces) != 1:
+                raise UserError(Problem(f"{token!r} encodes to {len(pieces)} tokens {pieces}, so it cannot mark a turn's end",
+                                        key="eot_tokens", hint="add it to the tokenizer as one token, or list another"))
+        if eos in tokens and train_on_eos != train_on_eot:
+            raise UserError(Problem(f"lists eos_token {eos!r}, so train_on_eot ({train_on_eot}) must equal train_on_eos "
+                                    f"({train_on_eos})", key="eot_tokens"))
+    ids: set[int] = set()
+    for token in tokens:
+        encoded = tokenizer.encode(token, add_special_tokens=False)
+        if len(encoded) == 1:
+            ids.add(encoded[0])
+    return ids, warnings
+
+
 def chat_formatter(tokenizer, *, template: str, field_messages: str, roles_to_train: list[str],
-                   train_on_eos: str, property_names: dict | None = None) -> Formatter:
+                   train_on_eos: str, train_on_eot: str | None = None, eot_ids: set[int] | None = None,
+                   train_on_inputs: bool = False, property_names: dict | None = None) -> Formatter:
     role_key = (property_names or {}).get("role", "role")
     content_key = (property_names or {}).get("content", "content")
     trained_roles = set(roles_to_train)
+    train_on_eot = train_on_eot or train_on_eos
+    if eot_ids is None:
+        eot_ids = eot_token_ids(tokenizer, template, None, train_on_eos, train_on_eot)[0]
+    closers = ((eot_ids, train_on_eot), ({tokenizer.eos_token_id}, train_on_eos))
 
     def render(messages: list[dict]) -> str:
         try:
@@ -65,47 +99,59 @@ def chat_formatter(tokenizer, *, template: str, field_messages: str, roles_to_tr
     def format_row(row: dict) -> list[Example]:
         messages = read_messages(row, field_messages, role_key, content_key)
         full = render(messages)
-        trained_spans: list[tuple[int, int]] = []
-        closing_spans: list[tuple[int, int, bool]] = []  # (start, end, turn is trained)
-        turn_start = 0
-        for index, message in enumerate(messages):
-            prefix = full if index == len(messages) - 1 else render(messages[:index + 1])
-            if not full.startswith(prefix):
-                raise BadRow(field_messages, "the chat template renders earlier turns differently once later "
-                                             "turns follow, so turns cannot be masked")
-            turn_end = len(prefix)
-            content = message["content"].strip()
-            found = full.find(content, turn_start, turn_end) if content else -1
-            if content and found < 0:
-                raise BadRow(f"{field_messages}[{index}].content",
-                             "the chat template does not show this content as written, so it cannot be masked")
-            content_end = found + len(content) if content else turn_end
-            trained = message["role"] in trained_roles
-            if trained and content:
-                trained_spans.append((found, content_end))
-            closing_spans.append((content_end, turn_end, trained and bool(content)))
-            turn_start = turn_end
-        if not trained_spans:
-            raise BadRow(field_messages, "no turn to train on (roles_to_train: " + ", ".join(roles_to_train) + ")")
-        trained_spans += closing_to_train(closing_spans, train_on_eos)
+        turns = content_spans(messages, full, render, field_messages)
         ids, starts = tokenize_with_char_starts(tokenizer, full)
-        labels = [tok if any(a <= start < b for a, b in trained_spans) else IGNORE for tok, start in zip(ids, starts)]
+        labels = [IGNORE] * len(ids)
+        last = [-1, -1]  # the last EOT / EOS token found after a turn
+        trained_any = False
+        for message, (begin, end) in zip(messages, turns):
+            trains = train_on_inputs or message["role"] in trained_roles
+            if not trains and train_on_eos != "all" and train_on_eot != "all":
+                continue
+            if begin == end:  # an empty turn: nothing to train, no end to look after
+                continue
+            first = next((i for i, start in enumerate(starts) if start >= begin), len(ids))
+            after = next((i for i, start in enumerate(starts) if start >= end), len(ids))
+            if trains:
+                labels[first:after] = ids[first:after]
+                trained_any = trained_any or after > first
+            for slot, (wanted, mode) in enumerate(closers):
+                # Axolotl's rule: the first such token after the content, if within 3 tokens of it
+                found = next((i for i in range(after, len(ids)) if ids[i] in wanted), -1)
+                if found == -1 or found - after > 3:
+                    continue
+                last[slot] = found
+                if mode == "all" or (mode == "turn" and trains):
+                    labels[found] = ids[found]
+        if not trained_any:
+            raise BadRow(field_messages, "no turn to train on (roles_to_train: " + ", ".join(roles_to_train) + ")")
+        for slot, (_, mode) in enumerate(closers):
+            if mode == "last" and last[slot] != -1:
+                labels[last[slot]] = ids[last[slot]]
         return [(ids, labels)]
 
     return format_row
 
 
-def closing_to_train(closings: list[tuple[int, int, bool]], train_on_eos: str) -> list[tuple[int, int]]:
-    """Which turns' closing markup is trained: of trained turns (turn), of every turn (all), of the
-    last trained turn only (last), or none."""
-    if train_on_eos == "all":
-        return [(a, b) for a, b, _ in closings]
-    trained = [(a, b) for a, b, is_trained in closings if is_trained]
-    if train_on_eos == "turn":
-        return trained
-    if train_on_eos == "last":
-        return trained[-1:]
-    return []
+def content_spans(messages: list[dict], full: str, render, field_messages: str) -> list[tuple[int, int]]:
+    """(start, end) characters of each turn's content in the rendered text (stripped of surrounding
+    whitespace; an empty content is an empty span at its turn's end)."""
+    spans = []
+    turn_start = 0
+    for index, message in enumerate(messages):
+        prefix = full if index == len(messages) - 1 else render(messages[:index + 1])
+        if not full.startswith(prefix):
+            raise BadRow(field_messages, "the chat template renders earlier turns differently once later "
+                                         "turns follow, so turns cannot be masked")
+        turn_end = len(prefix)
+        content = message["content"].strip()
+        found = full.find(content, turn_start, turn_end) if content else -1
+        if content and found < 0:
+            raise BadRow(f"{field_messages}[{index}].content",
+                         "the chat template does not show this content as written, so it cannot be masked")
+        spans.append((found, found + len(content)) if content else (turn_end, turn_end))
+        turn_start = turn_end
+    return spans
 
 
 def read_messages(row: dict, field: str, role_key: str, content_key: str) -> list[dict]:

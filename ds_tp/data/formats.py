@@ -2,7 +2,9 @@
 entry, before any file is read, so a wrong type is reported without tokenizing anything."""
 from __future__ import annotations
 
-from ds_tp.data.chat import TRAIN_ON_EOS, chat_formatter, resolve_chat_template
+import sys
+
+from ds_tp.data.chat import TRAIN_ON_EOS, chat_formatter, eot_token_ids, resolve_chat_template
 from ds_tp.data.prompts import (
     Formatter,
     alpaca_formatter,
@@ -49,13 +51,19 @@ def chat_template_formatter(entry: dict, key: str, cfg: dict, tokenizer) -> Form
                                      entry.get("chat_template_jinja") or cfg.get("chat_template_jinja"),
                                      key=f"{key}.chat_template")
     train_on_eos = entry.get("train_on_eos") or "turn"
-    if train_on_eos not in TRAIN_ON_EOS:
-        raise UserError(Problem(f"unknown train_on_eos {train_on_eos!r}", key=f"{key}.train_on_eos",
-                                hint="one of: " + ", ".join(TRAIN_ON_EOS)))
+    train_on_eot = entry.get("train_on_eot") or train_on_eos
+    for name, value in (("train_on_eos", train_on_eos), ("train_on_eot", train_on_eot)):
+        if value not in TRAIN_ON_EOS:
+            raise UserError(Problem(f"unknown {name} {value!r}", key=f"{key}.{name}",
+                                    hint="one of: " + ", ".join(TRAIN_ON_EOS)))
     roles = entry.get("roles_to_train")
     roles = ["assistant"] if roles is None else roles
     if not roles or not all(isinstance(role, str) for role in roles):
         raise UserError(Problem("expected a non-empty list of role names", key=f"{key}.roles_to_train"))
+    eot_ids, warnings = eot_token_ids(tokenizer, template, cfg.get("eot_tokens"), train_on_eos, train_on_eot)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
     return chat_formatter(tokenizer, template=template, field_messages=entry.get("field_messages") or "messages",
-                          roles_to_train=list(roles), train_on_eos=train_on_eos,
+                          roles_to_train=list(roles), train_on_eos=train_on_eos, train_on_eot=train_on_eot,
+                          eot_ids=eot_ids, train_on_inputs=bool(cfg.get("train_on_inputs")),
                           property_names=entry.get("message_property_mappings"))

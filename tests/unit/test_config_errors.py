@@ -151,3 +151,15 @@ def test_early_stopping_without_an_eval_split_is_a_warning(write_config):
     cfg = load_config(write_config(MINIMAL + "early_stopping_patience: 3\n"))
     assert any("early_stopping_patience: has no effect without val_set_size" in str(w) for w in cfg.warnings)
     assert not load_config(write_config(MINIMAL + "early_stopping_patience: 3\nval_set_size: 0.1\n", "b.yaml")).warnings
+
+
+def test_legacy_message_fields_read_as_property_mappings(write_config):
+    body = MINIMAL.replace("    type: alpaca\n", "    type: chat_template\n    message_field_role: from\n"
+                                                  "    message_field_content: value\n")
+    cfg = load_config(write_config(body))
+    assert cfg.values["datasets"][0]["message_property_mappings"] == {"role": "from", "content": "value"}
+    assert "message_field_role" not in cfg.values["datasets"][0]
+    assert any("is the old name of message_property_mappings.role" in str(n) for n in cfg.notices)
+    clash = body.replace("    message_field_content: value\n", "    message_property_mappings: {role: speaker}\n")
+    [msg] = problems(write_config(clash, "b.yaml"))
+    assert ":5:5: datasets[0].message_field_role: conflicts with message_property_mappings.role" in msg

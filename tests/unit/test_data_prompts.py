@@ -113,7 +113,8 @@ def test_chat_template_trains_only_assistant_turns():
     [(ids, labels)] = fmt(chat_rows())
     assert tok.decode(ids) == tok.apply_chat_template(chat_rows()["messages"], tokenize=False)
     spans = contiguous_trained(ids, labels)
-    assert [tok.decode(span) for span in spans] == ["hello</s>\n", "ciao</s>\n"]
+    # as Axolotl: the content and the EOS after it, not the template's newline after the EOS
+    assert [tok.decode(span) for span in spans] == ["hello</s>", "ciao</s>"]
 
 
 def test_chat_template_train_on_eos_none_and_other_roles():
@@ -164,3 +165,36 @@ def contiguous_trained(ids, labels):
             spans.append(current)
             current = []
     return spans + ([current] if current else [])
+
+
+def chatml_tokenizer():
+    tok = build_tokenizer([{"instruction": "x", "input": "y", "output": "z"}])
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    return tok
+
+
+@pytest.mark.parametrize("options, cfg, expected", [
+    ({}, {"eot_tokens": ["<|im_end|>"]}, ["hello<|im_end|>", "ciao<|im_end|>"]),
+    ({"train_on_eot": "last"}, {"eot_tokens": ["<|im_end|>"]}, ["hello", "ciao<|im_end|>"]),
+    ({"train_on_eot": "none"}, {"eot_tokens": ["<|im_end|>"]}, ["hello", "ciao"]),
+    ({}, {}, ["hello", "ciao"]),  # eot_tokens unset: the eos_token, which chatml never writes
+    ({}, {"eot_tokens": ["<|im_end|>"], "train_on_inputs": True},
+     ["Be terse.<|im_end|>", "hi<|im_end|>", "hello<|im_end|>", "bye<|im_end|>", "ciao<|im_end|>"]),
+])
+def test_chat_template_eot_tokens_end_turns_as_axolotl(options, cfg, expected):
+    tok = chatml_tokenizer()
+    fmt = formatter_for({"type": "chat_template", "chat_template": "chatml", **options}, 0, cfg, tok)
+    [(ids, labels)] = fmt(chat_rows())
+    assert [tok.decode(span) for span in contiguous_trained(ids, labels)] == expected
+
+
+def test_eot_tokens_problems(capsys):
+    tok = chatml_tokenizer()
+    with pytest.raises(UserError, match="'<eot>' encodes to 5 tokens"):
+        formatter_for({"type": "chat_template", "chat_template": "{{ '<eot>' }}"}, 0, {"eot_tokens": ["<eot>"]}, tok)
+    with pytest.raises(UserError, match="train_on_eot \\(last\\) must equal train_on_eos \\(turn\\)"):
+        formatter_for({"type": "chat_template", "train_on_eot": "last",
+                       "chat_template": "{% for m in messages %}{{ m['content'] + '<|im_end|></s>' }}{% endfor %}"},
+                      0, {"eot_tokens": ["</s>", "<|im_end|>"]}, tok)
+    formatter_for({"type": "chat_template", "chat_template": "chatml"}, 0, {"eot_tokens": ["<|im_end|>", "</s>"]}, tok)
+    assert "eot_tokens: '</s>' is not in the chat template; ignored (as Axolotl)" in capsys.readouterr().err
