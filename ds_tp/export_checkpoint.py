@@ -30,6 +30,9 @@ def export_checkpoint(checkpoint: Path, out: Path) -> None:
         raise UserError(f"{checkpoint}: no DeepSpeed model states (*mp_rank_XX_model_states.pt) in it")
     shards = [tp_rank_state_dict(checkpoint, r) for r in tp_ranks]
     model = AutoModelForCausalLM.from_config(load_model_config(state["model_path"], state.get("config", {})))
+    rows = ((state.get("run") or {}).get("model") or {}).get("vocab")
+    if rows and model.get_input_embeddings().num_embeddings != rows:  # the run resized its embeddings
+        model.resize_token_embeddings(rows, mean_resizing=False)  # every row is overwritten from the checkpoint
     sd = join_tp_shards(shards, {k: tuple(v.shape) for k, v in model.state_dict().items()}, checkpoint)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if unexpected or [k for k in missing if "rotary" not in k]:

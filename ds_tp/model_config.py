@@ -1,5 +1,6 @@
 """The model's config.json through transformers, in one place: one AutoConfig call (with the config's
-trust_remote_code), and the ModelShape every other module reads from it."""
+trust_remote_code and overrides_of_model_config), and the ModelShape every other module reads from it;
+the tokenizer with the config's special_tokens and tokens."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,10 +13,13 @@ def load_model_config(model_path: str, cfg: dict, *, where: str = ""):
     """transformers' PretrainedConfig of the model, or one line naming base_model."""
     from transformers import AutoConfig
     try:
-        return AutoConfig.from_pretrained(model_path, trust_remote_code=bool(cfg.get("trust_remote_code")))
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=bool(cfg.get("trust_remote_code")))
     except (OSError, ValueError) as exc:
         raise UserError(Problem(f"cannot load the model config of {model_path!r}: {str(exc).splitlines()[0]}",
                                 where=where, key="base_model")) from None
+    for key, value in (cfg.get("overrides_of_model_config") or {}).items():
+        setattr(config, key, value)  # as Axolotl: set on the loaded config, which from_pretrained then uses
+    return config
 
 
 def shape_of(hf_config, source: str = "model config") -> ModelShape:
@@ -61,9 +65,16 @@ def load_tokenizer(model_path: str, cfg: dict):
     except (OSError, ValueError) as exc:
         raise UserError(Problem(f"cannot load the tokenizer of {model_path!r}: {str(exc).splitlines()[0]}",
                                 key="base_model", hint="a local folder, or a hub name already in the HF cache"))
-    for name, value in (cfg.get("special_tokens") or {}).items():
+    from tokenizers import AddedToken
+    special = dict(cfg.get("special_tokens") or {})
+    additional = special.pop("additional_special_tokens", None)
+    for name, value in special.items():
         if value is not None:
             tok.add_special_tokens({name: value})
+    if cfg.get("tokens"):  # as Axolotl: after the special tokens, before additional_special_tokens
+        tok.add_tokens([AddedToken(t, rstrip=False, lstrip=False, normalized=False) for t in cfg["tokens"]])
+    if additional:
+        tok.add_special_tokens({"additional_special_tokens": list(additional)})
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # as Axolotl: causal LMs often ship without a pad token
     return tok

@@ -8,6 +8,7 @@ formula and multimodal wrappers (`text_config`) are unwrapped once. Pure: a dict
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ds_tp.errors import UserError
@@ -127,3 +128,11 @@ class ModelShape:
                     )
                 )
         return found
+
+
+def embedding_rows(tokenizer_len: int, rows: int, to_32x: bool = False, shrink: bool = False) -> int:
+    """The embedding rows the model trains with, as Axolotl decides: the tokenizer's length (rounded up to
+    a multiple of 32 with resize_token_embeddings_to_32x); the model grows to it, and shrinks to it only
+    with shrink_embeddings."""
+    wanted = math.ceil(tokenizer_len / 32) * 32 if to_32x else tokenizer_len
+    return wanted if wanted > rows or (wanted < rows and shrink) else rows

@@ -291,6 +291,15 @@ def cross_field(data: dict, bad: set[str]) -> list[Finding]:
         for key in ("eval_steps", "evals_per_epoch", "early_stopping_patience"):
             if data.get(key) and not data.get("test_datasets"):
                 found.append(Finding((key,), "has no effect without val_set_size or test_datasets", level="warning"))
+    overrides = data.get("overrides_of_model_config")
+    if isinstance(overrides, dict) and overrides.get("output_router_logits"):
+        found.append(
+            Finding(
+                ("overrides_of_model_config", "output_router_logits"),
+                "the MoE router's auxiliary loss is not implemented: ds-tp's loss is the token cross-entropy only",
+                "remove it to train without the auxiliary loss",
+            )
+        )
     patterns = data.get("unfrozen_parameters")
     if isinstance(patterns, list) and "unfrozen_parameters" not in bad:
         for index, why in pattern_problems(patterns):

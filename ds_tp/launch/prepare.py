@@ -2,6 +2,7 @@
 run, the final DeepSpeed JSON): prepare_run builds the PreparedRun that ranks read (runfiles.py)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ from ds_tp.config import Config, to_problem
 from ds_tp.errors import Problem, UserError
 from ds_tp.model_config import load_model_config, load_tokenizer, resolve_model_path, shape_of
 from ds_tp.runfiles import CHECKPOINT_PREFIX, LATEST, METRICS, MODEL_FILES, RUN_DIR, PreparedRun
+from ds_tp.translators.model_shape import embedding_rows
 
 
 def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
@@ -92,6 +94,14 @@ def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profi
     tokenizer = load_tokenizer(model_path, values)
     hf_config = load_model_config(model_path, values, where=cfg.where(("base_model",)))
     shape = shape_of(hf_config, model_path)
+    rows = embedding_rows(len(tokenizer), shape.vocab, bool(values.get("resize_token_embeddings_to_32x")),
+                          bool(values.get("shrink_embeddings")))
+    resized_note = None
+    if rows != shape.vocab:  # the run's shape is the resized one: memory, FLOPs and TP checks read it
+        resized_note = (f"token embeddings resized from {shape.vocab} to {rows} rows (tokenizer: {len(tokenizer)} "
+                        "tokens" + (", rounded up to a multiple of 32)" if values.get("resize_token_embeddings_to_32x")
+                                    else ")"))
+        shape = dataclasses.replace(shape, vocab=rows)
     shape_errors = shape_findings(shape, cfg.layout)
     if shape_errors:
         raise UserError([to_problem(cfg.source, cfg.marks, f) for f in shape_errors])
@@ -105,8 +115,7 @@ def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profi
     logging_steps = values.get("logging_steps") or max(min(int(0.005 * total), 10), 1)
     notes = [f"{prepared.train_rows} training rows ({'cached' if prepared.cache_hit else 'prepared'} in "
              f"{prepared.path}), {prepared.dropped_long} dropped as longer than sequence_len"]
-    if trained_note:
-        notes.append(trained_note)
+    notes += [note for note in (resized_note, trained_note) if note]
     return PreparedRun(config=values, run=translation.run.to_dict(), ds_config=translation.config,
                        model_path=model_path, prepared_path=str(prepared.path), output_dir=str(output_dir),
                        train_rows=prepared.train_rows, eval_rows=prepared.eval_rows, global_batch=global_batch,

@@ -30,9 +30,11 @@ def load_model(plan, run, attn: str):
         # Parameters are partitioned as each layer is built: no rank ever holds the whole model.
         from transformers.integrations import HfDeepSpeedConfig
         keep_alive = HfDeepSpeedConfig(plan.ds_config)
+    from ds_tp.model_config import load_model_config
     model = AutoModelForCausalLM.from_pretrained(
-        plan.model_path, attn_implementation=attn, dtype=torch.float32,
-        trust_remote_code=bool(plan.config.get("trust_remote_code")))
+        plan.model_path, config=load_model_config(plan.model_path, plan.config), attn_implementation=attn,
+        dtype=torch.float32, trust_remote_code=bool(plan.config.get("trust_remote_code")))
+    resize_embeddings(model, run.model.vocab if run.model else None, plan.config)
     trains = trainable_matcher(plan.config.get("unfrozen_parameters"))
     for name, param in model.named_parameters():  # before deepspeed.initialize: frozen ones get no state
         param.requires_grad_(trains(name))
@@ -42,6 +44,17 @@ def load_model(plan, run, attn: str):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = False
     return model, keep_alive
+
+
+def resize_embeddings(model, rows: int | None, cfg: dict) -> None:
+    """Grow (or shrink) the token embeddings to the rows decided before launch (model_shape.embedding_rows).
+    New rows start at the old rows' mean, as transformers does by default (mean_resizing_embeddings);
+    every rank draws them from the same seeded generator, and under ZeRO-3 transformers gathers the
+    partitioned weight for it."""
+    if rows is None or model.get_input_embeddings().num_embeddings == rows:
+        return
+    mean = cfg.get("mean_resizing_embeddings")
+    model.resize_token_embeddings(rows, mean_resizing=True if mean is None else bool(mean))
 
 
 def shapes_before_sharding(model) -> dict[str, tuple]:
