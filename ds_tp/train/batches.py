@@ -23,6 +23,7 @@ class BatchOrder:
     dp: int
     seed: int
     steps_per_epoch: int
+    lengths: np.ndarray | None = None  # group_by_length: rows of similar length share a global batch
     _orders: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -32,7 +33,10 @@ class BatchOrder:
     def order(self, epoch: int) -> np.ndarray:
         """The epoch's row order (cached: a permutation of 1M rows costs ~50 ms)."""
         if epoch not in self._orders:
-            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.rows)}
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)
+            if self.lengths is not None:
+                order = length_grouped(order, self.lengths, self.micro * self.gas)
+            self._orders = {epoch: order}
         return self._orders[epoch]
 
     def global_rows(self, step: int) -> np.ndarray:
@@ -44,6 +48,20 @@ class BatchOrder:
     def micro_rows(self, step: int, micro_step: int, dp_rank: int) -> np.ndarray:
         start = (micro_step * self.dp + dp_rank) * self.micro
         return self.global_rows(step)[start:start + self.micro]
+
+
+def length_grouped(order: np.ndarray, lengths: np.ndarray, batch: int) -> np.ndarray:
+    """HF Trainer's group_by_length (LengthGroupedSampler's algorithm, on ds-tp's seeded permutation):
+    the shuffled rows are cut into megabatches of min(rows // (4 * batch), 50) batches (at least one;
+    batch = micro x gas, the per-rank batch HF's sampler is given, so every layout gets the same order),
+    each megabatch is sorted longest first, and the longest row of all is swapped to the very front,
+    so the first step meets the peak memory at once."""
+    mult = max(min(len(order) // (batch * 4), 50), 1)
+    size = mult * batch
+    megabatches = [sorted(order[i:i + size].tolist(), key=lambda r: -lengths[r]) for i in range(0, len(order), size)]
+    longest = int(np.argmax([lengths[m[0]] for m in megabatches]))
+    megabatches[0][0], megabatches[longest][0] = megabatches[longest][0], megabatches[0][0]
+    return np.array([r for m in megabatches for r in m], dtype=order.dtype)
 
 
 def trainable_tokens(labels: list[int]) -> int:

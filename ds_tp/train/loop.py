@@ -71,14 +71,16 @@ class Trainer:
         self.micro = engine.train_micro_batch_size_per_gpu()
         self.gas = engine.gradient_accumulation_steps()
         self.layout = mesh.layout
-        self.batches = BatchOrder(rows=len(train_rows), micro=self.micro, gas=self.gas, dp=self.layout.dp,
-                                 seed=int(cfg.get("seed", 42)), steps_per_epoch=plan.steps_per_epoch)
         labels = train_rows["labels"]
         self.tokens_in_loss = np.array([trainable_tokens(x) for x in labels], dtype=np.int64)
         # real tokens (packed rows may be padded) for tokens/s and MFU
         lengths = train_rows["length"] if "length" in train_rows.column_names else \
             [len(x) for x in train_rows["input_ids"]]
         self.row_lengths = np.array(lengths, dtype=np.int64)
+        grouped = cfg.get("group_by_length") and not cfg.get("sample_packing")  # packing: Axolotl ignores it too
+        self.batches = BatchOrder(rows=len(train_rows), micro=self.micro, gas=self.gas, dp=self.layout.dp,
+                                 seed=int(cfg.get("seed", 42)), steps_per_epoch=plan.steps_per_epoch,
+                                 lengths=self.row_lengths if grouped else None)
         self.pad_to = int(cfg["sequence_len"]) if cfg.get("pad_to_sequence_len") else None
         self.device = engine.device
         self.output_dir = Path(plan.output_dir)
