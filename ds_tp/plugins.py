@@ -14,7 +14,10 @@ from ds_tp.errors import Finding
 
 CUT_CROSS_ENTROPY = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
 LIGER = "axolotl.integrations.liger.LigerPlugin"
+KERNELS = "axolotl.integrations.kernels.KernelsPlugin"
 KNOWN = {
+    KERNELS: "no effect: its MoE expert kernels (use_kernels, scattermoe / sonicmoe) have no DeepSpeed "
+             "equivalent, and the model's own expert code computes the same values",
     CUT_CROSS_ENTROPY: "with `cut_cross_entropy: true`: ds-tp's chunked fused linear cross-entropy",
     LIGER: "liger_rope / liger_rms_norm / liger_glu_activation: Liger-Kernel's kernels when liger_kernel is "
            "installed on a CUDA run; liger_fused_linear_cross_entropy: ds-tp's chunked fused linear cross-entropy",

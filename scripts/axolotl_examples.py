@@ -39,6 +39,28 @@ def check(path: Path) -> tuple[str, str]:
         return "crash", f"{type(exc).__name__}: {exc} @ {traceback.extract_tb(exc.__traceback__)[-1]}"
 
 
+def kind(path: Path) -> str:
+    """What the config trains, read from its keys the way a reader of the file would."""
+    import yaml
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return "not yaml"
+    if not isinstance(raw, dict):
+        return "not a config"
+    if "base_model" not in raw:
+        return "cloud" if {"provider", "gpu"} & set(raw) else "not a config"
+    if raw.get("rl"):
+        return "preference"
+    if raw.get("processor_type"):
+        return "multimodal"
+    if raw.get("adapter") or raw.get("load_in_4bit") or raw.get("load_in_8bit"):
+        return "adapter"
+    if raw.get("pretraining_dataset") or raw.get("streaming"):
+        return "pretraining"
+    return "full-ft"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("checkout")
@@ -48,12 +70,18 @@ def main() -> int:
     os.chdir(checkout)
     configs = sorted(p for p in (checkout / "examples").rglob("*.y*ml") if p.is_file())
     counts: Counter = Counter()
+    by_kind: Counter = Counter()
     for path in configs:
         state, why = check(path.relative_to(checkout))
+        what = kind(path)
         counts[state] += 1
+        by_kind[(what, state)] += 1
         rel = path.relative_to(checkout)
-        print(f"| {rel} | {state} | {why.replace('|', '/')} |" if args.markdown else f"{state:8} {rel}  {why}")
+        print(f"| {rel} | {what} | {state} | {why.replace('|', '/')} |" if args.markdown
+              else f"{state:8} {what:11} {rel}  {why}")
     print(f"\n{len(configs)} configs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    for what in sorted({w for w, _ in by_kind}):
+        print(f"  {what}: " + ", ".join(f"{n} {s}" for (w, s), n in sorted(by_kind.items()) if w == what))
     return 0
 
 

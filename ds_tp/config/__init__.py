@@ -65,6 +65,9 @@ def load_config(
     data, marks = load_yaml_with_marks(source)
     drop_empty(data, marks)  # before overrides: a flag always sets a value
     apply_overrides(data, marks, parse_overrides(list(overrides)))
+    cloud = rules.cloud_config(data)
+    if cloud is not None:
+        raise UserError([to_problem(source, marks, cloud)])
     findings = rules.rename_legacy(data, renamed_keys())
     schema_findings = validate(data)
     findings += schema_findings

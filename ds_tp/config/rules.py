@@ -25,6 +25,36 @@ def _on(value) -> bool:
     return value not in (None, False)
 
 
+CLOUD_KEYS = {
+    "provider",
+    "gpu",
+    "gpu_count",
+    "node_count",
+    "secrets",
+    "volumes",
+    "timeout",
+    "memory",
+    "timeout_preprocess",
+    "memory_preprocess",
+    "dockerfile_commands",
+    "branch",
+}
+
+
+def cloud_config(data: dict) -> Finding | None:
+    """Axolotl's cloud config (the file `axolotl train --cloud CLOUD.yaml` takes) given as the training
+    config: one line saying so instead of an unknown-key line per cloud key."""
+    cloud = sorted(CLOUD_KEYS & set(data))
+    if "base_model" in data or len(cloud) < 2:
+        return None
+    return Finding(
+        (cloud[0],),
+        f"this is an Axolotl cloud config ({', '.join(cloud)}), the file `axolotl train "
+        "--cloud` takes, not a training config",
+        "ds-tp trains where it is launched: pass the training YAML",
+    )
+
+
 def rename_legacy(data: dict, renamed: dict[str, str] | None = None) -> list[Finding]:
     """Old spellings Axolotl still accepts, renamed with a notice (renamed: old -> new, from the schema)."""
     found: list[Finding] = []
@@ -57,6 +87,44 @@ def rename_legacy(data: dict, renamed: dict[str, str] | None = None) -> list[Fin
             fsdp.setdefault(key[5:], fsdp.pop(key))
             found.append(
                 Finding(("fsdp_config", key), f"read as {key[5:]} (the fsdp_ prefix is dropped)", level="notice")
+            )
+    if isinstance(data.get("tokens"), dict):  # Axolotl's first releases: tokens held the special tokens
+        if data.get("special_tokens") not in (None, data["tokens"]):
+            found.append(
+                Finding(
+                    ("tokens",),
+                    "a mapping here is the old spelling of special_tokens, which is also set",
+                    "keep only special_tokens",
+                )
+            )
+        else:
+            data["special_tokens"] = data.pop("tokens")
+            found.append(
+                Finding(
+                    ("tokens",),
+                    "a mapping here is the old spelling of special_tokens: read as special_tokens",
+                    level="notice",
+                )
+            )
+    warm = data.get("warmup_steps")
+    if isinstance(warm, float) and 0 < warm < 1:  # HF Trainer reads a warmup_steps below 1 as a ratio
+        if data.get("warmup_ratio") not in (None, warm):
+            found.append(
+                Finding(
+                    ("warmup_steps",),
+                    f"{warm} is a fraction (a warmup ratio) and conflicts with warmup_ratio",
+                    "keep only warmup_ratio",
+                )
+            )
+        else:
+            data["warmup_ratio"] = data.pop("warmup_steps")
+            found.append(
+                Finding(
+                    ("warmup_steps",),
+                    f"{warm} is below 1: read as warmup_ratio: {warm} (a fraction "
+                    "of the total steps, as HF Trainer reads it)",
+                    level="notice",
+                )
             )
     for list_key in ("datasets", "test_datasets"):
         entries = data.get(list_key)

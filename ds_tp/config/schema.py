@@ -76,8 +76,31 @@ def validate(data: dict) -> list[Finding]:
     findings: list[Finding] = []
     for error in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
         findings.extend(_describe(schema, error))
-    findings.extend(_one_per_group(list(_unsupported(schema, schema, data, ()))))
+    findings.extend(_one_per_group(_without_adapter(data, list(_unsupported(schema, schema, data, ())))))
     return findings
+
+
+ADAPTER_ONLY = ("lora_", "peft_", "loraplus_")  # keys Axolotl reads only when `adapter` is set
+
+
+def _without_adapter(data: dict, found: list[tuple[Finding, str | None]]) -> list[tuple[Finding, str | None]]:
+    """With no `adapter`, Axolotl trains every weight and never reads lora_* / peft_* keys (old full
+    fine-tuning configs often keep them): those are accepted with no effect, not refused."""
+    if data.get("adapter"):
+        return found
+    out = []
+    for finding, group in found:
+        key = finding.path[0] if len(finding.path) == 1 else None
+        if group == "adapter" and isinstance(key, str) and key.startswith(ADAPTER_ONLY):
+            finding = Finding(
+                finding.path,
+                "valid in Axolotl, no effect in ds-tp: read only with adapter: lora|qlora, "
+                "which this config does not set (as in Axolotl)",
+                level="ignored",
+            )
+            group = None
+        out.append((finding, group))
+    return out
 
 
 def _describe(schema: dict, error: ValidationError) -> Iterator[Finding]:

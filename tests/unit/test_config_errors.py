@@ -163,3 +163,17 @@ def test_legacy_message_fields_read_as_property_mappings(write_config):
     clash = body.replace("    message_field_content: value\n", "    message_property_mappings: {role: speaker}\n")
     [msg] = problems(write_config(clash, "b.yaml"))
     assert ":5:5: datasets[0].message_field_role: conflicts with message_property_mappings.role" in msg
+
+
+def test_fractional_warmup_steps_is_a_ratio_and_cloud_configs_are_named(write_config):
+    cfg = load_config(write_config(MINIMAL + "warmup_steps: 0.1\n"))
+    assert cfg.values["warmup_ratio"] == 0.1 and "warmup_steps" not in cfg.values
+    assert any("read as warmup_ratio: 0.1" in str(n) for n in cfg.notices)
+    [msg] = problems(write_config("provider: modal\ngpu: h100\ngpu_count: 1\nsecrets: [HF_TOKEN]\n", "cloud.yaml"))
+    assert "this is an Axolotl cloud config (gpu, gpu_count, provider, secrets)" in msg and ":2:1: gpu:" in msg
+
+
+def test_tokens_as_a_mapping_is_the_old_special_tokens(write_config):
+    cfg = load_config(write_config(MINIMAL + "tokens:\n  pad_token: <pad>\n"))
+    assert cfg.values["special_tokens"] == {"pad_token": "<pad>"} and "tokens" not in cfg.values
+    assert any("old spelling of special_tokens" in str(n) for n in cfg.notices)
