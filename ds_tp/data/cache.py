@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 # Bump when the tokenizing or packing rules change, so old caches are not reused.
-FORMAT_VERSION = 3  # 2: min_sample_len, dataset_exact_deduplication; 3: chat turns end as Axolotl (eot_tokens)
+FORMAT_VERSION = 4  # 2: min_sample_len, dedup; 3: chat turns end as Axolotl; 4: Axolotl-equal halves and whitespace
 META = "meta.json"
 HASHED_CFG_KEYS = ("sequence_len", "sample_packing", "pad_to_sequence_len", "train_on_inputs", "val_set_size",
                    "seed", "chat_template", "chat_template_jinja", "special_tokens", "shuffle_merged_datasets",

@@ -134,8 +134,9 @@ def chat_formatter(tokenizer, *, template: str, field_messages: str, roles_to_tr
 
 
 def content_spans(messages: list[dict], full: str, render, field_messages: str) -> list[tuple[int, int]]:
-    """(start, end) characters of each turn's content in the rendered text (stripped of surrounding
-    whitespace; an empty content is an empty span at its turn's end)."""
+    """(start, end) characters of each turn's content in the rendered text: the content as written,
+    whitespace included, as Axolotl trains it (stripped only where the template trims it); an empty or
+    whitespace-only content is an empty span at its turn's end."""
     spans = []
     turn_start = 0
     for index, message in enumerate(messages):
@@ -144,12 +145,15 @@ def content_spans(messages: list[dict], full: str, render, field_messages: str) 
             raise BadRow(field_messages, "the chat template renders earlier turns differently once later "
                                          "turns follow, so turns cannot be masked")
         turn_end = len(prefix)
-        content = message["content"].strip()
-        found = full.find(content, turn_start, turn_end) if content else -1
-        if content and found < 0:
+        content = message["content"]
+        found = full.find(content, turn_start, turn_end) if content.strip() else -1
+        if content.strip() and found < 0:  # templates that trim the content show it stripped
+            content = content.strip()
+            found = full.find(content, turn_start, turn_end)
+        if content.strip() and found < 0:
             raise BadRow(f"{field_messages}[{index}].content",
                          "the chat template does not show this content as written, so it cannot be masked")
-        spans.append((found, found + len(content)) if content else (turn_end, turn_end))
+        spans.append((found, found + len(content)) if content.strip() else (turn_end, turn_end))
         turn_start = turn_end
     return spans
 

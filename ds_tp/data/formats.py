@@ -22,18 +22,19 @@ def formatter_for(entry: dict, index: int, cfg: dict, tokenizer) -> Formatter:
     key = f"datasets[{index}]"
     kind = entry.get("type")
     train_on_inputs = bool(cfg.get("train_on_inputs"))
+    max_length = int(cfg.get("sequence_len") or 2048)  # Axolotl cuts each prompt half there
     if isinstance(kind, dict):
         problems = [Problem(message, key=f"{key}.type.{field}") for field, message in check_user_defined(kind)]
         if problems:
             raise UserError(problems)
-        return user_defined_formatter(tokenizer, kind, train_on_inputs=train_on_inputs)
+        return user_defined_formatter(tokenizer, kind, train_on_inputs=train_on_inputs, max_length=max_length)
     if isinstance(kind, str):
         implemented, why = resolve_dataset_type(kind)
         if implemented is None:
             raise UserError(Problem(why, key=f"{key}.type"))
         kind = implemented
     if kind == "alpaca":
-        return alpaca_formatter(tokenizer, train_on_inputs=train_on_inputs)
+        return alpaca_formatter(tokenizer, train_on_inputs=train_on_inputs, max_length=max_length)
     if kind == "completion":
         return completion_formatter(tokenizer, field=entry.get("field") or "text",
                                     sequence_len=int(cfg.get("sequence_len") or 512))

@@ -55,21 +55,32 @@ def text_field(row: dict, name: str, *, required: bool = True) -> str:
     return value
 
 
-def tokenize_prompt_and_response(tokenizer, prompt: str, response: str, *, train_on_inputs: bool) -> Example:
-    """Axolotl's instruction tokenizing: the prompt without EOS (BOS if the tokenizer adds one), the
-    response with its BOS stripped and EOS appended, concatenated; the prompt is masked unless
-    train_on_inputs. Tokenizing the two halves apart keeps the mask boundary exact."""
+def tokenize_prompt_and_response(tokenizer, prompt: str, response: str, *, train_on_inputs: bool,
+                                 max_length: int | None = None) -> Example:
+    """Axolotl's instruction tokenizing: the prompt as the tokenizer encodes it (BOS if it adds one), the
+    response with EOS appended and its BOS stripped, concatenated; the prompt is masked unless
+    train_on_inputs. Tokenizing the two halves apart keeps the mask boundary exact. As in Axolotl, an
+    empty half adds no token at all (an empty response gets no EOS), each half is cut at max_length
+    (sequence_len), and a response cut there gets no EOS (the row is then too long and is dropped)."""
     eos = eos_id(tokenizer)
-    prompt_ids = list(tokenizer(prompt)["input_ids"])
-    if prompt_ids and prompt_ids[-1] == eos:  # tokenizers that always append EOS
-        prompt_ids.pop()
-    response_ids = list(tokenizer(response)["input_ids"])
-    if response_ids and tokenizer.bos_token_id is not None and response_ids[0] == tokenizer.bos_token_id:
-        response_ids.pop(0)
-    if not response_ids or response_ids[-1] != eos:
-        response_ids.append(eos)
+    prompt_ids = _encode_half(tokenizer, prompt, eos, add_eos=False, strip_bos=False, max_length=max_length)
+    response_ids = _encode_half(tokenizer, response, eos, add_eos=True, strip_bos=True, max_length=max_length)
     prompt_labels = list(prompt_ids) if train_on_inputs else [IGNORE] * len(prompt_ids)
     return prompt_ids + response_ids, prompt_labels + response_ids
+
+
+def _encode_half(tokenizer, text: str, eos: int, *, add_eos: bool, strip_bos: bool,
+                 max_length: int | None) -> list[int]:
+    if not text:
+        return []
+    ids = list(tokenizer(text, truncation=max_length is not None, max_length=max_length)["input_ids"])
+    if not ids:
+        return []
+    if add_eos and ids[-1] != eos and (max_length is None or len(ids) < max_length):
+        ids.append(eos)
+    if strip_bos and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id:
+        ids = ids[1:]
+    return ids
 
 
 def eos_id(tokenizer) -> int:
@@ -79,18 +90,20 @@ def eos_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def alpaca_formatter(tokenizer, *, train_on_inputs: bool) -> Formatter:
+def alpaca_formatter(tokenizer, *, train_on_inputs: bool, max_length: int | None = None) -> Formatter:
     def format_row(row: dict) -> list[Example]:
         instruction = text_field(row, "instruction")
         input_text = text_field(row, "input", required=False)
         output = text_field(row, "output")
         prompt = alpaca_prompt(instruction, input_text)
-        return [tokenize_prompt_and_response(tokenizer, prompt, output, train_on_inputs=train_on_inputs)]
+        return [tokenize_prompt_and_response(tokenizer, prompt, output, train_on_inputs=train_on_inputs,
+                                             max_length=max_length)]
 
     return format_row
 
 
-def user_defined_formatter(tokenizer, spec: dict, *, train_on_inputs: bool) -> Formatter:
+def user_defined_formatter(tokenizer, spec: dict, *, train_on_inputs: bool,
+                           max_length: int | None = None) -> Formatter:
     """Axolotl's custom instruction format: `type: {field_instruction: ..., format: ...}`.
     A row's own system column (field_system) wins over system_prompt."""
     field_instruction = spec.get("field_instruction") or "instruction"
@@ -109,7 +122,8 @@ def user_defined_formatter(tokenizer, spec: dict, *, train_on_inputs: bool) -> F
         system = text_field(row, field_system, required=False) or system_prompt
         turn = (with_input if input_text else no_input).format(instruction=instruction, input=input_text)
         prompt = (system_format.format(system=system) if system else "") + turn
-        return [tokenize_prompt_and_response(tokenizer, prompt, output, train_on_inputs=train_on_inputs)]
+        return [tokenize_prompt_and_response(tokenizer, prompt, output, train_on_inputs=train_on_inputs,
+                                             max_length=max_length)]
 
     return format_row
 
