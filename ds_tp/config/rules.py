@@ -55,6 +55,34 @@ def cloud_config(data: dict) -> Finding | None:
     )
 
 
+def chat_template_names(data: dict, bad: set[str]) -> list[Finding]:
+    """A chat template named by Axolotl that ds-tp does not have as data, at the key that names it."""
+    from ds_tp.translators.chat_templates import NAMED_TEMPLATES
+
+    places: list[tuple[tuple, object]] = (
+        [(("chat_template",), data.get("chat_template"))] if "chat_template" not in bad else []
+    )
+    for index, entry in enumerate(data.get("datasets") or [] if "datasets" not in bad else []):
+        if isinstance(entry, dict):
+            places.append((("datasets", index, "chat_template"), entry.get("chat_template")))
+    found = []
+    for path, name in places:
+        if not isinstance(name, str) or "{" in name:
+            continue
+        wanted = name.removeprefix("tokenizer_default_fallback_")
+        if wanted in ("tokenizer_default", "jinja") or wanted in NAMED_TEMPLATES:
+            continue
+        found.append(
+            Finding(
+                path,
+                f"Axolotl's template {wanted!r} is not one ds-tp has yet",
+                "ds-tp has " + ", ".join(NAMED_TEMPLATES) + "; or use tokenizer_default (the model's "
+                "own template) or jinja with chat_template_jinja",
+            )
+        )
+    return found
+
+
 def rename_legacy(data: dict, renamed: dict[str, str] | None = None) -> list[Finding]:
     """Old spellings Axolotl still accepts, renamed with a notice (renamed: old -> new, from the schema)."""
     found: list[Finding] = []
@@ -359,6 +387,7 @@ def cross_field(data: dict, bad: set[str]) -> list[Finding]:
         for key in ("eval_steps", "evals_per_epoch", "early_stopping_patience"):
             if data.get(key) and not data.get("test_datasets"):
                 found.append(Finding((key,), "has no effect without val_set_size or test_datasets", level="warning"))
+    found += chat_template_names(data, bad)
     overrides = data.get("overrides_of_model_config")
     if isinstance(overrides, dict) and overrides.get("output_router_logits"):
         found.append(

@@ -13,14 +13,8 @@ from __future__ import annotations
 
 from ds_tp.data.prompts import IGNORE, BadRow, Example, Formatter
 from ds_tp.errors import Problem, UserError
+from ds_tp.translators.chat_templates import CHATML, NAMED_TEMPLATES  # noqa: F401  (CHATML re-exported)
 
-# Axolotl's chatml, so configs that name it work with tokenizers that carry no template.
-CHATML = (
-    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-NAMED_TEMPLATES = {"chatml": CHATML}
 TRAIN_ON_EOS = ("turn", "all", "last", "none")  # also train_on_eot's values
 
 

@@ -15,7 +15,7 @@ from ds_tp.data.cache import cache_key, is_prepared, prepared_root, publish, rea
 from ds_tp.data.diagnose import reason
 from ds_tp.data.formats import formatter_for
 from ds_tp.data.packing import build_rows, eval_count, shuffled
-from ds_tp.data.prompts import BadRow, Example, Formatter
+from ds_tp.data.prompts import IGNORE, BadRow, Example, Formatter
 from ds_tp.data.sources import Source, Table, content_digest, load_tables, locate, quiet_datasets
 from ds_tp.errors import Problem, UserError
 
@@ -85,9 +85,16 @@ def build(cfg: dict, tokenizer, sources: list[Source], formatters: list[Formatte
                     continue
                 examples.append((ids, labels))
     examples, too_short = drop_short(examples, int(cfg.get("min_sample_len") or 2))
+    before = len(examples)
+    examples = [e for e in examples if any(label != IGNORE for label in e[1])]  # as Axolotl: nothing to learn
+    untrained = before - len(examples)
     duplicates = 0
     if cfg.get("dataset_exact_deduplication"):
         examples, duplicates = deduplicate(examples)
+    if not examples and untrained:
+        raise UserError(Problem("every example has all its labels masked, so there is nothing to train on",
+                                key="datasets", where=", ".join(s.location for s in sources),
+                                hint="check train_on_inputs, roles_to_train and the prompt format"))
     if not examples and too_short:
         raise UserError(Problem(f"every example is shorter than min_sample_len {cfg.get('min_sample_len') or 2} tokens",
                                 key="min_sample_len", where=", ".join(s.location for s in sources)))
@@ -111,6 +118,7 @@ def build(cfg: dict, tokenizer, sources: list[Source], formatters: list[Formatte
     train_rows = save_rows(build_rows(train, **layout), out / "train")
     eval_rows = save_rows(build_rows(evaluation, **layout), out / "eval") if evaluation else 0
     return {"train_rows": train_rows, "eval_rows": eval_rows, "dropped_long": dropped, "dropped_short": too_short,
+            "dropped_untrained": untrained,
             "duplicates_removed": duplicates,
             "examples": {"train": len(train), "eval": len(evaluation)}, "pad_id": pad_id, **layout}
 

@@ -5,6 +5,11 @@ from ds_tp.data.formats import formatter_for
 
 
 def axolotl_examples(entry: dict, cfg: dict, tokenizer, rows: list[dict]) -> list[tuple[list, list]]:
+    return [(list(r["input_ids"]), list(r["labels"])) for r in axolotl_dataset(entry, cfg, tokenizer, rows)]
+
+
+def axolotl_dataset(entry: dict, cfg: dict, tokenizer, rows: list[dict]):
+    """Axolotl's tokenized dataset of `rows`, through the wrapper its data preparation uses."""
     from axolotl.utils.data.wrappers import get_dataset_wrapper
     from axolotl.utils.dict import DictDefault
     from datasets import Dataset
@@ -14,7 +19,7 @@ def axolotl_examples(entry: dict, cfg: dict, tokenizer, rows: list[dict]) -> lis
     config = DictDefault({"sequence_len": 512, "dataset_num_proc": 1, "train_on_inputs": False, **cfg})
     dataset_config = DictDefault({"path": "rows.jsonl", **entry})
     wrapped, _ = get_dataset_wrapper(dataset_config, tokenizer, config, base, Dataset.from_list(rows), style)
-    return [(list(r["input_ids"]), list(r["labels"])) for r in wrapped]
+    return wrapped
 
 
 def ds_tp_examples(entry: dict, cfg: dict, tokenizer, rows: list[dict]) -> list[tuple[list, list]]:

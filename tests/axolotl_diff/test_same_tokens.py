@@ -26,10 +26,18 @@ def tok_kind(request):
     return request.param
 
 
-def same(entry: dict, cfg: dict, rows: list[dict], kind: str = "chars"):
+@lru_cache(maxsize=None)
+def tokenizer_with(kind: str, specials: tuple[str, ...]):
+    """A fresh tokenizer of `kind` with a template family's special tokens as single tokens."""
+    tok = bpe_tokenizer(kind) if kind != "chars" else build_tokenizer([{"instruction": "x", "input": "y", "output": "z"}])
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", *specials]})
+    return tok
+
+
+def same(entry: dict, cfg: dict, rows: list[dict], kind: str = "chars", tok=None):
     """Every case runs on a character-level tokenizer and on two BPE tokenizers, where merges and
     leading spaces decide where a turn's first token starts."""
-    tok = tokenizer(kind)
+    tok = tok or tokenizer(kind)
     ours = ds_tp_examples(entry, cfg, tok, rows)
     theirs = axolotl_examples(entry, cfg, tok, rows)
     assert [shown(tok, *x) for x in ours] == [shown(tok, *x) for x in theirs]
@@ -112,3 +120,53 @@ def test_chat_template_named_chatml(tok_kind):
 def test_alpaca_cut_at_sequence_len(tok_kind):
     rows = [{"instruction": "Spell it out: " + "x" * 40, "input": "", "output": "y" * 40}]
     same({"type": "alpaca"}, {"sequence_len": 32}, rows, tok_kind)
+
+
+NAMED = {"llama3": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+         "gemma": ["<start_of_turn>", "<end_of_turn>"],
+         "phi_3": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+         "qwen_25": ["<|im_start|>", "<|im_end|>"], "chatml": ["<|im_start|>", "<|im_end|>"]}
+
+
+@pytest.mark.parametrize("name", sorted(NAMED))
+@pytest.mark.parametrize("train_on_eot", ["turn", "last"])
+def test_named_templates(name, train_on_eot, tok_kind):
+    """Each template ds-tp knows by name renders and masks as Axolotl's template of that name, with the
+    family's end-of-turn token as eot_tokens (its specials added to the tokenizer as single tokens)."""
+    tok = tokenizer_with(tok_kind, tuple(NAMED[name]))
+    rows = [CHAT_ROW, {"messages": [{"role": "user", "content": " hi "}, {"role": "assistant", "content": "hello"}]}]
+    if name == "gemma":  # Gemma's template refuses a system turn
+        rows = [{"messages": [m for m in CHAT_ROW["messages"] if m["role"] != "system"]}, rows[1]]
+    same({"type": "chat_template", "train_on_eot": train_on_eot},
+         {"chat_template": name, "eot_tokens": [NAMED[name][-1]]}, rows, tok_kind, tok)
+
+
+def test_the_dataset_after_axolotls_filters(tmp_path, tok_kind):
+    """Whole preparation, no packing: the rows ds-tp keeps are the rows Axolotl keeps after its filters
+    (longer than sequence_len, shorter than min_sample_len, no trainable token; order aside, as the two
+    shuffle with different generators)."""
+    import json
+
+    from axolotl.utils.data.utils import handle_long_seq_in_dataset
+    from axolotl.utils.dict import DictDefault
+    from axolotl.utils.trainer import process_datasets_for_packing
+
+    from ds_tp.data import load_prepared, prepare_datasets
+    from tests.axolotl_diff.harness import axolotl_dataset
+
+    rows = ALPACA_ROWS + [{"instruction": "Long " * 20, "input": "", "output": "y"},
+                          {"instruction": "", "input": "", "output": "z"}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {"datasets": [{"path": "rows.jsonl", "type": "alpaca"}], "sequence_len": 64, "min_sample_len": 2,
+           "dataset_prepared_path": str(tmp_path / "prepared")}
+    tok = tokenizer(tok_kind)
+    prepared = prepare_datasets(cfg, tok, config_dir=tmp_path)
+    train, _ = load_prepared(prepared.path)
+    ours = sorted((list(r["input_ids"]), list(r["labels"])) for r in train)
+    acfg = DictDefault({"sequence_len": 64, "dataset_num_proc": 1, "min_sample_len": 2})
+    theirs_ds = axolotl_dataset({"type": "alpaca"}, dict(acfg), tok, rows)
+    theirs_ds = handle_long_seq_in_dataset(theirs_ds, 64, acfg)
+    theirs_ds, _ = process_datasets_for_packing(acfg, theirs_ds, None)
+    theirs = sorted((list(r["input_ids"]), list(r["labels"])) for r in theirs_ds)
+    assert len(theirs) < len(rows)  # the filters did drop rows
+    assert ours == theirs
