@@ -97,7 +97,6 @@ def chat_formatter(tokenizer, *, template: str, field_messages: str, roles_to_tr
         ids, starts = tokenize_with_char_starts(tokenizer, full)
         labels = [IGNORE] * len(ids)
         last = [-1, -1]  # the last EOT / EOS token found after a turn
-        trained_any = False
         for message, (begin, end) in zip(messages, turns):
             trains = train_on_inputs or message["role"] in trained_roles
             if not trains and train_on_eos != "all" and train_on_eot != "all":
@@ -108,7 +107,6 @@ def chat_formatter(tokenizer, *, template: str, field_messages: str, roles_to_tr
             after = next((i for i, start in enumerate(starts) if start >= end), len(ids))
             if trains:
                 labels[first:after] = ids[first:after]
-                trained_any = trained_any or after > first
             for slot, (wanted, mode) in enumerate(closers):
                 # Axolotl's rule: the first such token after the content, if within 3 tokens of it
                 found = next((i for i in range(after, len(ids)) if ids[i] in wanted), -1)
@@ -117,8 +115,8 @@ def chat_formatter(tokenizer, *, template: str, field_messages: str, roles_to_tr
                 last[slot] = found
                 if mode == "all" or (mode == "turn" and trains):
                     labels[found] = ids[found]
-        if not trained_any:
-            raise BadRow(field_messages, "no turn to train on (roles_to_train: " + ", ".join(roles_to_train) + ")")
+        # a conversation with no trained turn keeps only masked labels: preparation drops it and counts it,
+        # as Axolotl drops samples with no trainable token
         for slot, (_, mode) in enumerate(closers):
             if mode == "last" and last[slot] != -1:
                 labels[last[slot]] = ids[last[slot]]

@@ -34,6 +34,7 @@ class PreparedData:
     eval_rows: int
     cache_hit: bool
     dropped_long: int  # examples longer than sequence_len, left out (Axolotl's drop_long_seq)
+    dropped_untrained: int = 0  # examples with every label masked (Axolotl's drop_no_trainable_tokens)
 
 
 def prepare_datasets(cfg: dict, tokenizer, *, config_dir: Path) -> PreparedData:
@@ -53,7 +54,8 @@ def prepare_datasets(cfg: dict, tokenizer, *, config_dir: Path) -> PreparedData:
     final = root / key
     if is_prepared(final):
         meta = read_meta(final)
-        return PreparedData(final, meta["train_rows"], meta["eval_rows"], True, meta["dropped_long"])
+        return PreparedData(final, meta["train_rows"], meta["eval_rows"], True, meta["dropped_long"],
+                            meta.get("dropped_untrained", 0))
     root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".building-{key[:12]}-", dir=root))
     try:
@@ -65,7 +67,8 @@ def prepare_datasets(cfg: dict, tokenizer, *, config_dir: Path) -> PreparedData:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     meta = read_meta(final)  # ours, or an identical one another process published first
-    return PreparedData(final, meta["train_rows"], meta["eval_rows"], False, meta["dropped_long"])
+    return PreparedData(final, meta["train_rows"], meta["eval_rows"], False, meta["dropped_long"],
+                        meta.get("dropped_untrained", 0))
 
 
 def build(cfg: dict, tokenizer, sources: list[Source], formatters: list[Formatter], hub_tables: dict,

@@ -114,7 +114,8 @@ def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profi
     assert translation.run is not None
     logging_steps = values.get("logging_steps") or max(min(int(0.005 * total), 10), 1)
     notes = [f"{prepared.train_rows} training rows ({'cached' if prepared.cache_hit else 'prepared'} in "
-             f"{prepared.path}), {prepared.dropped_long} dropped as longer than sequence_len"]
+             f"{prepared.path}), {prepared.dropped_long} dropped as longer than sequence_len"
+             + (f", {prepared.dropped_untrained} with no trained token" if prepared.dropped_untrained else "")]
     notes += [note for note in (resized_note, trained_note) if note]
     return PreparedRun(config=values, run=translation.run.to_dict(), ds_config=translation.config,
                        model_path=model_path, prepared_path=str(prepared.path), output_dir=str(output_dir),

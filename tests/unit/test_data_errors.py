@@ -101,11 +101,18 @@ def test_some_rows_too_long_are_dropped_and_counted(tmp_path):
     assert (prepared.train_rows, prepared.dropped_long) == (2, 1)
 
 
-def test_chat_row_without_trainable_turn(tmp_path):
+def test_chat_row_without_trainable_turn_is_dropped_and_counted(tmp_path):
+    """As Axolotl: a conversation with nothing to learn is dropped (and counted), not an error."""
     rows = jsonl({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
                  {"messages": [{"role": "user", "content": "alone"}]})
-    text = prepare(tmp_path, "c.jsonl", rows, type="chat_template")
-    assert text.startswith(f"{tmp_path / 'c.jsonl'}: row 2: field 'messages': no turn to train on")
+    (tmp_path / "c.jsonl").write_text(rows, encoding="utf-8")
+    cfg = {"datasets": [{"path": "c.jsonl", "type": "chat_template"}], "sequence_len": 256,
+           "dataset_prepared_path": str(tmp_path / "prepared")}
+    prepared = prepare_datasets(cfg, tokenizer(), config_dir=tmp_path)
+    assert (prepared.train_rows, prepared.dropped_untrained) == (1, 1)
+    rows = jsonl({"messages": [{"role": "user", "content": "alone"}]})
+    text = prepare(tmp_path, "d.jsonl", rows, type="chat_template")
+    assert "every example has all its labels masked" in text
 
 
 def test_csv_and_folder_sources_load(tmp_path):
