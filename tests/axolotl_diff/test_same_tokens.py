@@ -141,7 +141,16 @@ def test_named_templates(name, train_on_eot, tok_kind):
          {"chat_template": name, "eot_tokens": [NAMED[name][-1]]}, rows, tok_kind, tok)
 
 
-def test_the_dataset_after_axolotls_filters(tmp_path, tok_kind):
+DATASETS = {
+    "alpaca": ALPACA_ROWS + [{"instruction": "Long " * 20, "input": "", "output": "y"},
+                             {"instruction": "", "input": "", "output": "z"}],
+    "chat_template": [CHAT_ROW, {"messages": [{"role": "user", "content": "nothing to answer"}]},
+                      {"messages": [{"role": "user", "content": "x y " * 100}, {"role": "assistant", "content": "y"}]}],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DATASETS))
+def test_the_dataset_after_axolotls_filters(tmp_path, kind, tok_kind):
     """Whole preparation, no packing: the rows ds-tp keeps are the rows Axolotl keeps after its filters
     (longer than sequence_len, shorter than min_sample_len, no trainable token; order aside, as the two
     shuffle with different generators)."""
@@ -154,19 +163,60 @@ def test_the_dataset_after_axolotls_filters(tmp_path, tok_kind):
     from ds_tp.data import load_prepared, prepare_datasets
     from tests.axolotl_diff.harness import axolotl_dataset
 
-    rows = ALPACA_ROWS + [{"instruction": "Long " * 20, "input": "", "output": "y"},
-                          {"instruction": "", "input": "", "output": "z"}]
+    rows, length = DATASETS[kind], 64 if kind == "alpaca" else 160
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = {"datasets": [{"path": "rows.jsonl", "type": "alpaca"}], "sequence_len": 64, "min_sample_len": 2,
+    cfg = {"datasets": [{"path": "rows.jsonl", "type": kind}], "sequence_len": length, "min_sample_len": 2,
            "dataset_prepared_path": str(tmp_path / "prepared")}
     tok = tokenizer(tok_kind)
     prepared = prepare_datasets(cfg, tok, config_dir=tmp_path)
     train, _ = load_prepared(prepared.path)
     ours = sorted((list(r["input_ids"]), list(r["labels"])) for r in train)
-    acfg = DictDefault({"sequence_len": 64, "dataset_num_proc": 1, "min_sample_len": 2})
-    theirs_ds = axolotl_dataset({"type": "alpaca"}, dict(acfg), tok, rows)
-    theirs_ds = handle_long_seq_in_dataset(theirs_ds, 64, acfg)
+    acfg = DictDefault({"sequence_len": length, "dataset_num_proc": 1, "min_sample_len": 2})
+    theirs_ds = axolotl_dataset({"type": kind}, dict(acfg), tok, rows)
+    theirs_ds = handle_long_seq_in_dataset(theirs_ds, length, acfg)
     theirs_ds, _ = process_datasets_for_packing(acfg, theirs_ds, None)
     theirs = sorted((list(r["input_ids"]), list(r["labels"])) for r in theirs_ds)
-    assert len(theirs) < len(rows)  # the filters did drop rows
+    assert 0 < len(theirs) < len(rows)  # the filters did drop rows, and kept some
     assert ours == theirs
+
+
+def test_packed_rows_hold_axolotls_examples_and_positions(tmp_path, tok_kind):
+    """sample_packing: every packed row is Axolotl's collator output for the examples packed in it
+    (input_ids, labels, position_ids restarting at each example, and the segment of every token).
+    Which examples share a row is not compared (ds-tp packs first-fit at preparation, Axolotl's
+    multipack packs per batch), nor the padding (ds-tp continues the last example's positions so
+    padding is no new document; Axolotl starts them at 0; both mask it out of the loss)."""
+    import json
+
+    import numpy as np
+    from axolotl.utils.collators.batching import V2BatchSamplerDataCollatorForSeq2Seq
+    from axolotl.utils.trainer import add_position_ids
+
+    from ds_tp.data import load_prepared, prepare_datasets
+    from tests.axolotl_diff.harness import axolotl_dataset
+
+    rows = [{"instruction": f"Spell {w}.", "input": "", "output": " ".join(w)}
+            for w in ("cat", "horse", "mouse", "dog", "elephant", "ox", "zebra", "bee")]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {"datasets": [{"path": "rows.jsonl", "type": "alpaca"}], "sequence_len": 512, "sample_packing": True,
+           "dataset_prepared_path": str(tmp_path / "prepared")}
+    tok = tokenizer(tok_kind)
+    train, _ = load_prepared(prepare_datasets(cfg, tok, config_dir=tmp_path).path)
+    theirs = axolotl_dataset({"type": "alpaca"}, {"sequence_len": 512}, tok, rows).map(add_position_ids, batched=True)
+    by_ids = {tuple(r["input_ids"]): r for r in theirs}
+    collate = V2BatchSamplerDataCollatorForSeq2Seq(tokenizer=tok, padding=False, return_tensors="np")
+    packed = 0
+    for row in train:
+        n = row["length"]
+        positions = list(row["position_ids"][:n])
+        starts = [i for i, p in enumerate(positions) if p == 0] + [n]
+        members = [by_ids[tuple(row["input_ids"][a:b])] for a, b in zip(starts, starts[1:])]
+        packed += len(members) > 1
+        out = collate([[{k: list(m[k]) for k in ("input_ids", "labels", "attention_mask", "position_ids")}
+                         for m in members]])
+        assert out["input_ids"][0].tolist() == list(row["input_ids"][:n])
+        assert out["labels"][0].tolist() == list(row["labels"][:n])
+        assert out["position_ids"][0].tolist() == positions
+        segment = np.cumsum([p == 0 for p in positions]).tolist()  # Axolotl's attention_mask numbers segments
+        assert out["attention_mask"][0].tolist() == segment
+    assert packed and sum(1 for _ in train) < len(rows)  # rows really were packed together
