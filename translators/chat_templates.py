@@ -6,6 +6,7 @@ families publish are left out, since ds-tp passes no tools).
   chatml   the ChatML turn format (<|im_start|>role ... <|im_end|>)
   llama3   Meta Llama 3 / 3.1 Instruct: header ids, trimmed content, <|eot_id|>; BOS before the first turn
   gemma    Google Gemma (1 and 2) instruct: <start_of_turn>user|model, trimmed content; no system role
+  gemma3   Google Gemma 3 instruct: as gemma, a system turn's content opens the first user turn
   phi_3    Microsoft Phi-3 instruct: <|system|> / <|user|> / <|assistant|> ... <|end|>; BOS first
   qwen_25  Qwen2.5 Instruct: ChatML with Qwen's default system prompt when the conversation has none
 """
@@ -34,6 +35,19 @@ GEMMA = (
     "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
 )
 
+GEMMA3 = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif -%}"
+    "{%- if (message['role'] == 'assistant') -%}{%- set role = 'model' -%}{%- else -%}"
+    "{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
 PHI_3 = (
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
     "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}"
@@ -51,4 +65,11 @@ QWEN_25 = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-NAMED_TEMPLATES = {"chatml": CHATML, "llama3": LLAMA3, "gemma": GEMMA, "phi_3": PHI_3, "qwen_25": QWEN_25}
+NAMED_TEMPLATES = {
+    "chatml": CHATML,
+    "llama3": LLAMA3,
+    "gemma": GEMMA,
+    "gemma3": GEMMA3,
+    "phi_3": PHI_3,
+    "qwen_25": QWEN_25,
+}

@@ -73,12 +73,31 @@ def eot_token_ids(tokenizer, template: str, eot_tokens: list[str] | None, train_
     return ids, warnings
 
 
+# Axolotl's role names when a dataset sets no `roles`: sharegpt's human/gpt read as user/assistant.
+DEFAULT_ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                    "system": "system", "tool": "tool"}
+
+
+def role_map(roles: dict | None, key: str) -> dict[str, str] | None:
+    """A dataset's `roles` ({template role: [names in the data]}) as {name in the data: template role};
+    None keeps the default map."""
+    if roles is None:
+        return None
+    if not isinstance(roles, dict) or not all(
+            isinstance(names, list) and names and all(isinstance(n, str) for n in names) for names in roles.values()):
+        raise UserError(Problem("expected a mapping of template role to a list of role names in the data",
+                                key=key, hint="e.g. roles: {user: [human], assistant: [gpt]}"))
+    return {name: role for role, names in roles.items() for name in names}
+
+
 def chat_formatter(tokenizer, *, template: str, field_messages: str, roles_to_train: list[str],
                    train_on_eos: str, train_on_eot: str | None = None, eot_ids: set[int] | None = None,
-                   train_on_inputs: bool = False, property_names: dict | None = None) -> Formatter:
+                   train_on_inputs: bool = False, property_names: dict | None = None,
+                   role_map: dict[str, str] | None = None, drop_system_message: bool = False) -> Formatter:
     role_key = (property_names or {}).get("role", "role")
     content_key = (property_names or {}).get("content", "content")
-    trained_roles = set(roles_to_train)
+    role_map = DEFAULT_ROLE_MAP if role_map is None else role_map
+    trained_roles = {role_map.get(role, role) for role in roles_to_train}
     train_on_eot = train_on_eot or train_on_eos
     if eot_ids is None:
         eot_ids = eot_token_ids(tokenizer, template, None, train_on_eos, train_on_eot)[0]
@@ -92,6 +111,12 @@ def chat_formatter(tokenizer, *, template: str, field_messages: str, roles_to_tr
 
     def format_row(row: dict) -> list[Example]:
         messages = read_messages(row, field_messages, role_key, content_key)
+        for message in messages:
+            message["role"] = role_map.get(message["role"], message["role"])
+        if drop_system_message and messages[0]["role"] == "system":
+            messages = messages[1:]
+            if not messages:
+                return [([], [])]
         full = render(messages)
         turns = content_spans(messages, full, render, field_messages)
         ids, starts = tokenize_with_char_starts(tokenizer, full)
@@ -129,25 +154,42 @@ def content_spans(messages: list[dict], full: str, render, field_messages: str) 
     """(start, end) characters of each turn's content in the rendered text: the content as written,
     whitespace included, as Axolotl trains it (stripped only where the template trims it); an empty or
     whitespace-only content is an empty span at its turn's end."""
-    spans = []
-    turn_start = 0
-    for index, message in enumerate(messages):
+    ends = []
+    for index in range(len(messages)):
         prefix = full if index == len(messages) - 1 else render(messages[:index + 1])
         if not full.startswith(prefix):
             raise BadRow(field_messages, "the chat template renders earlier turns differently once later "
                                          "turns follow, so turns cannot be masked")
-        turn_end = len(prefix)
+        ends.append(len(prefix))
+    spans = []
+    turn_start = 0
+    for index, message in enumerate(messages):
         content = message["content"]
-        found = full.find(content, turn_start, turn_end) if content.strip() else -1
-        if content.strip() and found < 0:  # templates that trim the content show it stripped
-            content = content.strip()
-            found = full.find(content, turn_start, turn_end)
-        if content.strip() and found < 0:
+        if not content.strip():
+            spans.append((ends[index], ends[index]))
+            turn_start = max(turn_start, ends[index])
+            continue
+        # its own stretch of text first; then the next turn's, for templates that show a turn inside the
+        # next one (Gemma 3 opens the first user turn with the system content)
+        for stop in (ends[index], ends[min(index + 1, len(messages) - 1)]):
+            found, shown = find_shown(full, content, turn_start, stop)
+            if found >= 0:
+                break
+        if found < 0:
             raise BadRow(f"{field_messages}[{index}].content",
                          "the chat template does not show this content as written, so it cannot be masked")
-        spans.append((found, found + len(content)) if content.strip() else (turn_end, turn_end))
-        turn_start = turn_end
+        spans.append((found, found + len(shown)))
+        turn_start = max(ends[index], found + len(shown))
     return spans
+
+
+def find_shown(full: str, content: str, start: int, stop: int) -> tuple[int, str]:
+    """Where `content` is shown in full[start:stop]: as written, or stripped (templates that trim it)."""
+    found = full.find(content, start, stop)
+    if found < 0:
+        content = content.strip()
+        found = full.find(content, start, stop)
+    return found, content
 
 
 def read_messages(row: dict, field: str, role_key: str, content_key: str) -> list[dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ds_tp.data.chat import TRAIN_ON_EOS, chat_formatter, eot_token_ids, resolve_chat_template
+from ds_tp.data.chat import TRAIN_ON_EOS, chat_formatter, eot_token_ids, resolve_chat_template, role_map
 from ds_tp.data.prompts import (
     Formatter,
     alpaca_formatter,
@@ -67,4 +67,6 @@ def chat_template_formatter(entry: dict, key: str, cfg: dict, tokenizer) -> Form
     return chat_formatter(tokenizer, template=template, field_messages=entry.get("field_messages") or "messages",
                           roles_to_train=list(roles), train_on_eos=train_on_eos, train_on_eot=train_on_eot,
                           eot_ids=eot_ids, train_on_inputs=bool(cfg.get("train_on_inputs")),
-                          property_names=entry.get("message_property_mappings"))
+                          property_names=entry.get("message_property_mappings"),
+                          role_map=role_map(entry.get("roles"), f"{key}.roles"),
+                          drop_system_message=bool(entry.get("drop_system_message")))

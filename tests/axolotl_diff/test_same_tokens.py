@@ -89,6 +89,27 @@ def test_chat_template_property_mappings(tok_kind):
     same(entry, {}, [row], tok_kind)
 
 
+SHAREGPT_ROW = {"conversations": [{"from": "system", "value": "Be terse."}, {"from": "human", "value": "hi"},
+                                  {"from": "gpt", "value": "hello"}, {"from": "human", "value": "bye"},
+                                  {"from": "gpt", "value": "ciao"}]}
+
+
+@pytest.mark.parametrize("options", [
+    {},  # Axolotl's default role map: human -> user, gpt -> assistant
+    {"roles_to_train": ["gpt"]},  # roles_to_train names are mapped too
+    {"roles": {"user": ["human"], "assistant": ["gpt"]}},
+    {"roles": {"user": ["human", "system"], "assistant": ["gpt"]}, "roles_to_train": ["user"]},
+    {"roles": {"assistant": ["gpt"]}},  # human is in no list: it passes as written
+    {"drop_system_message": True},
+    {"drop_system_message": True, "roles": {"user": ["human"], "assistant": ["gpt"]}},
+], ids=lambda v: str(v))
+def test_chat_template_roles(options, tok_kind):
+    entry = {"type": "chat_template", "field_messages": "conversations",
+             "message_property_mappings": {"role": "from", "content": "value"}, **options}
+    same(entry, {"chat_template": "jinja", "chat_template_jinja": CHATML, "eot_tokens": ["<|im_end|>"]},
+         [SHAREGPT_ROW], tok_kind)
+
+
 def test_completion_short_and_long(tok_kind):
     rows = [{"text": "abc"}, {"text": "abcdefghijklmnopqrstuvwxyz" * 3}]
     same({"type": "completion"}, {"sequence_len": 16}, rows, tok_kind)
@@ -123,7 +144,7 @@ def test_alpaca_cut_at_sequence_len(tok_kind):
 
 
 NAMED = {"llama3": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-         "gemma": ["<start_of_turn>", "<end_of_turn>"],
+         "gemma": ["<start_of_turn>", "<end_of_turn>"], "gemma3": ["<start_of_turn>", "<end_of_turn>"],
          "phi_3": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
          "qwen_25": ["<|im_start|>", "<|im_end|>"], "chatml": ["<|im_start|>", "<|im_end|>"]}
 
@@ -139,6 +160,16 @@ def test_named_templates(name, train_on_eot, tok_kind):
         rows = [{"messages": [m for m in CHAT_ROW["messages"] if m["role"] != "system"]}, rows[1]]
     same({"type": "chat_template", "train_on_eot": train_on_eot},
          {"chat_template": name, "eot_tokens": [NAMED[name][-1]]}, rows, tok_kind, tok)
+
+
+@pytest.mark.parametrize("options, cfg", [({}, {"train_on_inputs": True}), ({"roles_to_train": ["system", "assistant"]}, {}),
+                                          ({"train_on_eos": "all"}, {})], ids=lambda v: str(v))
+def test_gemma3_system_turn_inside_the_first_user_turn(options, cfg, tok_kind):
+    """Gemma 3 shows the system content at the start of the first user turn: trained where Axolotl
+    trains it, the user content after it found after it."""
+    tok = tokenizer_with(tok_kind, tuple(NAMED["gemma3"]))
+    same({"type": "chat_template", **options}, {"chat_template": "gemma3", "eot_tokens": ["<end_of_turn>"], **cfg},
+         [CHAT_ROW], tok_kind, tok)
 
 
 DATASETS = {

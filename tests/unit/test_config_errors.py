@@ -180,7 +180,7 @@ def test_tokens_as_a_mapping_is_the_old_special_tokens(write_config):
 
 
 def test_named_chat_templates_ds_tp_lacks_are_refused_at_their_key(write_config):
-    [msg] = problems(write_config(MINIMAL + "chat_template: gemma3\n"))
-    assert ":8:1: chat_template: Axolotl's template 'gemma3' is not one ds-tp has yet" in msg and "llama3" in msg
-    for ok in ("llama3", "tokenizer_default_fallback_chatml", "jinja\nchat_template_jinja: '{{ x }}'"):
+    [msg] = problems(write_config(MINIMAL + "chat_template: qwen3_5\n"))
+    assert ":8:1: chat_template: Axolotl's template 'qwen3_5' is not one ds-tp has yet" in msg and "llama3" in msg
+    for ok in ("llama3", "gemma3", "tokenizer_default_fallback_chatml", "jinja\nchat_template_jinja: '{{ x }}'"):
         load_config(write_config(MINIMAL + f"chat_template: {ok}\n", "ok.yaml"))

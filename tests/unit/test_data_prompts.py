@@ -125,6 +125,23 @@ def test_chat_template_train_on_eos_none_and_other_roles():
     assert [tok.decode(span) for span in contiguous_trained(ids, labels)] == ["hi", "bye"]
 
 
+def test_chat_template_maps_sharegpt_roles_and_drops_the_system_message():
+    tok = tokenizer()
+    row = {"c": [{"from": "system", "value": "Be terse."}, {"from": "human", "value": "hi"},
+                 {"from": "gpt", "value": "hello"}]}
+    entry = {"type": "chat_template", "field_messages": "c", "message_property_mappings": {"role": "from", "content": "value"}}
+    [(ids, labels)] = formatter_for(entry, 0, {}, tok)(row)  # default map: gpt is the assistant
+    assert [tok.decode(span) for span in contiguous_trained(ids, labels)] == ["hello</s>"]
+    plain = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi"},
+             {"role": "assistant", "content": "hello"}]
+    assert tok.decode(ids) == tok.apply_chat_template(plain, tokenize=False)
+    [(ids, labels)] = formatter_for({**entry, "drop_system_message": True, "roles_to_train": ["human"]}, 0, {}, tok)(row)
+    assert tok.decode(ids) == tok.apply_chat_template(plain[1:], tokenize=False)
+    assert [tok.decode(span) for span in contiguous_trained(ids, labels)] == ["hi</s>"]
+    with pytest.raises(UserError, match="datasets\\[0\\].roles"):
+        formatter_for({**entry, "roles": {"user": "human"}}, 0, {}, tok)
+
+
 def test_chat_template_named_and_missing():
     tok = tokenizer()
     assert "<|im_start|>" in resolve_chat_template(tok, "chatml", None, key="chat_template")
