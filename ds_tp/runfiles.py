@@ -103,6 +103,7 @@ class PreparedRun:
     logging_steps: int
     save_steps: int | None
     eval_steps: int | None
+    schedule: dict = field(default_factory=dict)  # translators.schedule.Schedule, its step counts filled in
     resume_from: str | None = None
     use_profiler: bool = False
     notes: list[str] = field(default_factory=list)

@@ -6,27 +6,17 @@ run's total steps come in as arguments. What is not known yet is left out and li
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ds_tp.errors import Finding
 
 from .layout import Layout, effective_batch
+from .optimizer import optimizer_block
 from .resolved import ResolvedRun, zero_stage
+from .schedule import resolve_schedule
 
 BIG = 10**12  # "never release": stage-3 reuse distance and live parameters when resharding is off
-ADAMW_NAMES = {"adamw_torch", "adamw_torch_fused", "adamw_hf", "adamw_apex_fused", "adam", "adamw"}
-# HF Trainer's bitsandbytes names -> (bitsandbytes.optim class, why). ds-tp builds these itself and hands
-# them to deepspeed.initialize (DeepSpeed's JSON cannot name them); client_optimizer() is the one decision.
-BNB_OPTIMIZERS = {
-    "adamw_bnb_8bit": ("AdamW8bit", "bitsandbytes 8-bit AdamW (blockwise-quantized moments)"),
-    "adamw_8bit": ("AdamW8bit", "bitsandbytes 8-bit AdamW (HF's other name for adamw_bnb_8bit)"),
-    "paged_adamw_8bit": ("PagedAdamW8bit", "bitsandbytes paged 8-bit AdamW (paging is CUDA-only; plain on CPU)"),
-    "paged_adamw_32bit": ("PagedAdamW32bit", "bitsandbytes paged 32-bit AdamW (paging is CUDA-only; plain on CPU)"),
-}
-OPTIMIZER_HINT = "use adamw_torch_fused, adamw_torch, sgd, or a bitsandbytes AdamW: " + ", ".join(BNB_OPTIMIZERS)
-SCHEDULERS = {"cosine", "cosine_with_min_lr", "linear", "constant", "constant_with_warmup"}
 
 
 @dataclass
@@ -99,7 +89,7 @@ def translate(cfg: dict, run: ResolvedRun, facts: TrainFacts | None = None) -> T
     _precision(run, out)
     _zero(cfg, run, facts, out)
     _parallel(layout, out)
-    _optimizer(cfg, run, out)
+    optimizer_block(cfg, run, out)
     _scheduler(cfg, facts, out)
     _monitors(cfg, out)
     return out
@@ -207,161 +197,20 @@ def _parallel(layout: Layout, out: Translation) -> None:
         out.set("sequence_parallel_size", layout.cp, "context_parallel_size", "Ulysses sequence parallel")
 
 
-def adam_params(cfg: dict) -> dict:
-    """lr, betas, eps and weight decay as Axolotl passes them to HF Trainer (its defaults)."""
-    return {
-        "lr": float(cfg["learning_rate"]),
-        "betas": [float(cfg.get("adam_beta1", 0.9)), float(cfg.get("adam_beta2", 0.999))],
-        "eps": float(cfg.get("adam_epsilon", 1e-8)),
-        "weight_decay": float(cfg.get("weight_decay", 0.0)),
-    }
-
-
-def client_optimizer(cfg: dict) -> tuple[str, dict] | None:
-    """(bitsandbytes.optim class name, its keyword arguments) when ds-tp builds the optimizer itself,
-    None when DeepSpeed builds it from the JSON's optimizer block."""
-    name = cfg.get("optimizer", "adamw_torch_fused")
-    if name not in BNB_OPTIMIZERS:
-        return None
-    params = adam_params(cfg)
-    params["betas"] = tuple(params["betas"])
-    return BNB_OPTIMIZERS[name][0], params
-
-
-def _optimizer(cfg: dict, run: ResolvedRun, out: Translation) -> None:
-    name = cfg.get("optimizer", "adamw_torch_fused")
-    lr = float(cfg["learning_rate"])
-    wd = float(cfg.get("weight_decay", 0.0))
-    client = client_optimizer(cfg)
-    if client is not None:
-        cls, kwargs = client
-        shown = ", ".join(f"{k}={v}" for k, v in kwargs.items())
-        out.note(
-            "optimizer",
-            "(ds-tp)",
-            f"bitsandbytes.optim.{cls}({shown})",
-            BNB_OPTIMIZERS[name][1] + "; built by ds-tp and handed to deepspeed.initialize",
-        )
-        out.set(
-            "zero_force_ds_cpu_optimizer",
-            False,
-            "optimizer",
-            "with optimizer offload DeepSpeed would insist on its CPU Adam; the bitsandbytes one runs there too",
-        )
-    elif name in ADAMW_NAMES:
-        params = {**adam_params(cfg), "torch_adam": True}
-        why = "torch.optim.AdamW (torch_adam: no JIT-built fused_adam)"
-        if name == "adamw_torch_fused":
-            if run.fused_adamw:
-                params["fused"] = True
-            why += "; fused kernel on CUDA" if run.fused_adamw else "; fused only on CUDA, off here"
-        out.set("optimizer", {"type": "AdamW", "params": params}, "optimizer, learning_rate, weight_decay", why)
-    elif name == "sgd":
-        out.set(
-            "optimizer",
-            {"type": "SGD", "params": {"lr": lr, "weight_decay": wd}},
-            "optimizer",
-            "torch.optim.SGD, no momentum (as HF's sgd)",
-        )
-    else:
-        out.findings.append(
-            Finding(
-                ("optimizer",),
-                f"optimizer {name!r} is not implemented by ds-tp",
-                OPTIMIZER_HINT,
-            )
-        )
-        return
-    out.set("zero_allow_untested_optimizer", True, "ds-tp", "torch optimizers are not on ZeRO's tested list")
-
-
-def warmup_steps(cfg: dict, total: int | None) -> int | None:
-    if cfg.get("warmup_steps") is not None:
-        return int(cfg["warmup_steps"])
-    if cfg.get("warmup_ratio"):
-        return math.ceil(cfg["warmup_ratio"] * total) if total else None
-    return 0
-
-
 def _scheduler(cfg: dict, facts: TrainFacts, out: Translation) -> None:
-    name = cfg.get("lr_scheduler", "cosine")
-    lr = float(cfg["learning_rate"])
     total = facts.total_steps or cfg.get("max_steps")
-    warm = warmup_steps(cfg, total)
-    if name not in SCHEDULERS:
-        out.findings.append(
-            Finding(
-                ("lr_scheduler",),
-                f"lr_scheduler {name!r} is not implemented by ds-tp",
-                "use " + ", ".join(sorted(SCHEDULERS)),
-            )
-        )
+    schedule, findings = resolve_schedule(cfg, int(total) if total else None)
+    out.findings.extend(findings)
+    if schedule is None:
         return
-    src = "lr_scheduler, warmup_steps/warmup_ratio"
-    if warm is None:
-        out.note(src, "scheduler", "(train time)", "warmup_ratio needs the total step count, known from the data")
-        return
-    # DeepSpeed >= 0.19.4 refuses 0 warmup steps: with no warmup the floor is set to the peak instead.
-    floor_why = (
-        "no warmup: floor = peak, since DeepSpeed refuses warmup_num_steps 0"
-        if warm == 0
-        else f"{warm} linear warmup steps"
-    )
-    steps = max(warm, 1)
-    if name == "constant" and warm == 0:
-        out.note("lr_scheduler", "scheduler", "(none)", "constant rate: the optimizer's lr, no scheduler block")
-        return
-    if name in ("constant", "constant_with_warmup"):
-        out.set(
-            "scheduler",
-            {
-                "type": "WarmupLR",
-                "params": {
-                    "warmup_min_lr": lr if warm == 0 else 0.0,
-                    "warmup_max_lr": lr,
-                    "warmup_num_steps": steps,
-                    "warmup_type": "linear",
-                },
-            },
-            src,
-            floor_why,
-        )
-        return
-    if not total:
-        out.note(src, "scheduler", "(train time)", f"{name} needs total_num_steps: from max_steps or the data")
-        return
-    if name == "linear":
-        out.set(
-            "scheduler",
-            {
-                "type": "WarmupDecayLR",
-                "params": {
-                    "total_num_steps": int(total),
-                    "warmup_min_lr": lr if warm == 0 else 0.0,
-                    "warmup_max_lr": lr,
-                    "warmup_num_steps": steps,
-                    "warmup_type": "linear",
-                },
-            },
-            src,
-            f"linear decay to 0; {floor_why}",
-        )
-        return
-    min_ratio = float(cfg.get("cosine_min_lr_ratio") or 0.0)
-    out.set(
-        "scheduler",
-        {
-            "type": "WarmupCosineLR",
-            "params": {
-                "total_num_steps": int(total),
-                "warmup_min_ratio": 1.0 if warm == 0 else 0.0,
-                "warmup_num_steps": steps,
-                "cos_min_ratio": min_ratio,
-                "warmup_type": "linear",
-            },
-        },
-        src + ", cosine_min_lr_ratio",
-        f"cosine to {min_ratio} x lr; {floor_why}",
+    src = "lr_scheduler, warmup_steps/warmup_ratio, cosine_*_lr_ratio, lr_scheduler_kwargs"
+    when = "" if schedule.warmup is not None and schedule.total else "; step counts filled at train time from the data"
+    out.note(
+        src,
+        "(torch scheduler)",
+        schedule.describe(),
+        "handed to deepspeed.initialize, stepped after each "
+        "optimizer step as HF Trainer steps it; no DeepSpeed scheduler block" + when,
     )
 
 

@@ -131,6 +131,13 @@ class ResolvedRun:
         return self.zero3 and self.layout.tp == 1 and self.hpz_partition_size is None
 
     @property
+    def optimizer_holds_model_params(self) -> bool:
+        """The optimizer steps the model's own parameter tensors: no ZeRO flat partitions and no 16-bit
+        weights with an fp32 master copy. Per-parameter optimizer options (bitsandbytes' 32-bit
+        embeddings, as HF Trainer sets them) can only apply then."""
+        return self.zero_stage == 0 and not self.precision.half_weights
+
+    @property
     def zero_partitions(self) -> int:
         """Ranks one TP rank's model states are partitioned over: DeepSpeed's sequence-data-parallel group."""
         return self.layout.dp * self.layout.cp if self.zero3 else 1
@@ -145,6 +152,7 @@ class ResolvedRun:
             "sequence_divisor": self.sequence_divisor,
             "loads_partitioned": self.loads_partitioned,
             "zero_partitions": self.zero_partitions,
+            "optimizer_holds_model_params": self.optimizer_holds_model_params,
         }
         return out
 

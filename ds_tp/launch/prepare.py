@@ -78,6 +78,30 @@ def check_unfrozen(cfg: Config, hf_config) -> str | None:
             f"(e.g. {trained[0]}); {len(frozen)} are frozen")
 
 
+def check_optimizer_and_schedule(cfg: Config, total: int, own_schedule: bool) -> dict:
+    """The schedule with its step counts (translators.schedule's decision, for the run file), after building
+    the optimizer and the scheduler once on a one-tensor model: what transformers, torch or bitsandbytes
+    would say about them at the first rank's start (a missing package, an lr_scheduler_kwargs key the
+    schedule lacks) is said here, at the key, before any rank starts."""
+    from ds_tp.train.optimizer import optimizer_problem
+    from ds_tp.train.schedule import schedule_problem
+    from ds_tp.translators.schedule import resolve_schedule
+
+    values = cfg.values
+    schedule, _ = resolve_schedule(values, total)  # its findings were shown by validation
+    assert schedule is not None
+    problems = []
+    for message, keys in ((optimizer_problem(values), ("optim_args", "optimizer")),
+                          (None if own_schedule else schedule_problem(schedule, float(values["learning_rate"])),
+                           ("lr_scheduler_kwargs", "lr_scheduler"))):
+        if message:
+            key = next((k for k in keys if values.get(k) is not None), keys[-1])
+            problems.append(Problem(message, key=key, where=cfg.where((key,))))
+    if problems:
+        raise UserError(problems)
+    return dataclasses.asdict(schedule)
+
+
 def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profiler: bool,
                 overwrite: bool, check_output: bool = True) -> PreparedRun:
     from ds_tp.config.rules import shape_findings
@@ -112,6 +136,7 @@ def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profi
     facts = TrainFacts(hidden_size=shape.hidden, total_steps=total)
     translation, _ = build_ds_config(cfg, device, facts, model=shape)
     assert translation.run is not None
+    lr_schedule = check_optimizer_and_schedule(cfg, total, own_schedule="scheduler" in translation.config)
     logging_steps = values.get("logging_steps") or max(min(int(0.005 * total), 10), 1)
     notes = [f"{prepared.train_rows} training rows ({'cached' if prepared.cache_hit else 'prepared'} in "
              f"{prepared.path}), {prepared.dropped_long} dropped as longer than sequence_len"
@@ -123,5 +148,5 @@ def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profi
                        steps_per_epoch=steps_per_epoch, total_steps=total, logging_steps=logging_steps,
                        save_steps=every(values, "save_steps", "saves_per_epoch", steps_per_epoch, total),
                        eval_steps=every(values, "eval_steps", "evals_per_epoch", steps_per_epoch, total)
-                       if prepared.eval_rows else None, resume_from=resume_from, use_profiler=use_profiler,
+                       if prepared.eval_rows else None, schedule=lr_schedule, resume_from=resume_from, use_profiler=use_profiler,
                        notes=notes, plugin_modules=cfg.plugin_modules)

@@ -25,6 +25,7 @@ from ds_tp.train.internals import disable_backward_allreduce
 from ds_tp.train.loss import linear_cross_entropy_sum
 from ds_tp.train.metrics import MetricsLog, Progress
 from ds_tp.train.nonfinite import StepGuard
+from ds_tp.train.schedule import EvalStepped
 from ds_tp.train.watchdog import EarlyStopping, LossWatchdog
 
 
@@ -213,6 +214,8 @@ class Trainer:
         if not self._due(self.plan.eval_steps, result.done):
             return
         eval_row = {"step": result.done, "total_steps": self.plan.total_steps, "eval_loss": self.evaluate()}
+        if isinstance(self.engine.lr_scheduler, EvalStepped):  # reduce_lr_on_plateau, greedy: as HF Trainer
+            self.engine.lr_scheduler.step(eval_row["eval_loss"])
         if state.metrics:
             state.metrics.write(eval_row)
             self._monitor(eval_row, ("eval_loss",))

@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     from ds_tp.train.loop import Trainer
     from ds_tp.train.mesh import attach_sequence_parallel, init_distributed
     from ds_tp.train.model import attention_for, load_model, shapes_before_sharding, sharding_report
-    from ds_tp.train.optimizer import build_optimizer
+    from ds_tp.train.optimizer import build_optimizer, param_groups
     from ds_tp.train.preempt import StopRequest
+    from ds_tp.train.schedule import schedule_of, scheduler_factory
     stop = StopRequest().install()  # before the slow start-up, so an early Ctrl-C is not lost
     plan = PreparedRun.read(Path(args.run_file))
     run = plan.resolved  # every decision was made before launch; this rank only reads them
@@ -64,9 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     call_hook(plugins, "post_model_load", cfg, model)
     shape = run.model
     global_shapes = shapes_before_sharding(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable,
-                                           optimizer=build_optimizer(cfg, trainable),
+    groups = param_groups(model, float(cfg.get("weight_decay") or 0.0))
+    # the user's own deepspeed JSON may name a DeepSpeed scheduler; otherwise ds-tp's schedule drives the rate
+    own_schedule = "scheduler" in plan.ds_config
+    optimizer = build_optimizer(cfg, groups, model, run.optimizer_holds_model_params)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
+                                           lr_scheduler=None if own_schedule else scheduler_factory(schedule_of(plan)),
                                            config=plan.ds_config, mpu=mesh.mpu)
     engine.train()  # from_pretrained returns eval mode: gradient checkpointing and dropout would be off
     compile_model(engine, cfg, device["accelerator"], log)
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start, state = 0, {}
     scheduler = engine.lr_scheduler
-    if not plan.resume_from and getattr(scheduler, "last_batch_iteration", None) == -1:
+    if own_schedule and not plan.resume_from and getattr(scheduler, "last_batch_iteration", None) == -1:
         # DeepSpeed's Warmup* schedules give iteration -1 and iteration 0 both the floor rate, so the
         # first two steps would run at lr 0; one step here makes step k run at iteration k-1, as
         # transformers' warm-up schedules do (a resume restores the saved iteration instead).

@@ -8,7 +8,8 @@ from ds_tp.errors import UserError
 from ds_tp.launch.train import prepare_training
 from tests.ranks.harness import QUICKSTART, losses, read_metrics, train
 
-FAST = ["--max-steps", "6", "--logging-steps", "1", "--sequence-len", "64"]
+# warm-up 2 of 6 steps: the resumed steps 4-6 run on the cosine decay, restored from the checkpoint
+FAST = ["--max-steps", "6", "--logging-steps", "1", "--sequence-len", "64", "--warmup-steps", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,26 @@ def test_resume_logs_the_same_losses(run_a, tmp_path):
     assert [r["step"] for r in b_rows] == [4, 5, 6]
     assert losses(b_rows) == losses(a_rows)[3:]  # bitwise on CPU
     assert [r["lr"] for r in b_rows] == [r["lr"] for r in a_rows][3:]
+    assert a_rows[2]["lr"] > a_rows[3]["lr"] > a_rows[5]["lr"] > 0  # mid-decay, not a constant rate
+
+
+def test_resume_keeps_an_eval_driven_schedule(tmp_path):
+    """reduce_lr_on_plateau's patience and best eval_loss travel in the checkpoint: a run resumed at step 6
+    lowers the rate at the same later steps as the run that never stopped."""
+    import yaml
+
+    from tests.ranks.hf_reference import BASE
+    config = tmp_path / "plateau.yaml"
+    config.write_text(yaml.safe_dump({**BASE, "lr_scheduler": "reduce_lr_on_plateau", "val_set_size": 0.1,
+                                      "eval_steps": 2, "lr_scheduler_kwargs": {"patience": 2, "factor": 0.5,
+                                                                               "threshold": 0.2}}))
+    a_rows = train(tmp_path / "A", ["--save-steps", "6"], 1, config=config)
+    b_rows = train(tmp_path / "B", ["--resume-from-checkpoint", str(tmp_path / "A" / "checkpoint-6")], 1, config=config)
+    rates = [r["lr"] for r in a_rows if "lr" in r]
+    assert [r["lr"] for r in b_rows if "lr" in r] == rates[6:]
+    # evaluations at 4 and 6 fell short, the one at 8 exceeds patience 2: halved from step 9 on, which a
+    # scheduler that forgot the two bad evaluations before the checkpoint would not do
+    assert rates[:8] == [2e-3] * 8 and rates[8:] == [1e-3] * 4
 
 
 def test_export_loads_with_from_pretrained(run_a):

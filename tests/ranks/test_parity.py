@@ -10,6 +10,10 @@ from ds_tp.export_checkpoint import export_checkpoint
 from tests.ranks.harness import SHARP, losses, train
 
 STEPS = ["--max-steps", "6", "--save-steps", "3"]
+# What users run: AdamW with weight decay (HF Trainer's groups) and warm-up into a cosine decay.
+ADAMW = ["--optimizer", "adamw_torch", "--lr-scheduler", "cosine", "--learning-rate", "1e-3", "--warmup-steps", "2",
+         "--weight-decay", "0.3", "--micro-batch-size", "1", "--sequence-len", "64", "--logging-steps", "1",
+         "--max-steps", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +78,24 @@ def test_layout_matches_one_process(reference, tmp_path, name, overrides, nproc)
     step3 = exported(out / "checkpoint-3")
     assert max_diff(step3, exported(ref_out / "checkpoint-3")) < 1e-4
     assert max_diff(step3, weights(out)) > 1e-3  # steps 4-6 moved the weights: the checkpoint is step 3's
+
+
+@pytest.fixture(scope="module")
+def adamw_reference(tmp_path_factory):
+    """One process, global batch 2 (tests/ranks/test_vs_hf_trainer.py: one process equals HF Trainer)."""
+    out = tmp_path_factory.mktemp("adamw_ref") / "one"
+    return train(out, [*ADAMW, "--dp-shard-size", "1", "--gradient-accumulation-steps", "2"], 1)
+
+
+@pytest.mark.parametrize("name, overrides, nproc", [
+    ("dp_shard2", ["--dp-shard-size", "2", "--gradient-accumulation-steps", "1"], 2),
+    ("tp2", ["--dp-shard-size", "1", "--tensor-parallel-size", "2", "--gradient-accumulation-steps", "2"], 2),
+])
+def test_adamw_decay_and_warmup_match_one_process(adamw_reference, tmp_path, name, overrides, nproc):
+    """AdamW, weight decay 0.3 on HF Trainer's groups and a warm-up into cosine: ZeRO-3 partitions the two
+    groups and AutoTP splits their weights, and the losses and rates stay those of one process."""
+    got = train(tmp_path / name, [*ADAMW, *overrides], nproc)
+    ref = adamw_reference
+    assert [r["lr"] for r in got] == [r["lr"] for r in ref] and ref[0]["lr"] == 0.0 and ref[2]["lr"] == 1e-3
+    assert losses(got) == pytest.approx(losses(ref), abs=1e-5)
+    assert losses(ref)[-1] < losses(ref)[0]

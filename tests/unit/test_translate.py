@@ -58,25 +58,33 @@ def test_fused_adamw_only_on_cuda():
     assert gpu["fused"] is True and gpu["torch_adam"] is True and "fused" not in cpu
 
 
-@pytest.mark.parametrize("sched, warm, expect_type", [
-    ("cosine", 0, "WarmupCosineLR"), ("linear", 5, "WarmupDecayLR"), ("constant_with_warmup", 5, "WarmupLR"),
-    ("constant", 0, None)])
-def test_schedulers_never_emit_zero_warmup(write_config, sched, warm, expect_type):
-    path = write_config(MINIMAL + f"lr_scheduler: {sched}\nwarmup_steps: {warm}\nmax_steps: 50\n")
-    out = ds(path, None)
-    if expect_type is None:
-        assert "scheduler" not in out
-        return
-    assert out["scheduler"]["type"] == expect_type
-    assert out["scheduler"]["params"]["warmup_num_steps"] >= 1
+@pytest.mark.parametrize("sched", ["cosine", "linear", "constant", "constant_with_warmup", "rex", "polynomial"])
+def test_schedules_drive_the_rate_without_a_deepspeed_block(write_config, sched):
+    path = write_config(MINIMAL + f"lr_scheduler: {sched}\nwarmup_steps: 0\nmax_steps: 50\n")
+    out, _ = build_ds_config(load_config(path), cpu_facts("test"))
+    assert "scheduler" not in out.config
+    [row] = [r for r in out.rows if r.target == "(torch scheduler)"]
+    warm = "no warm-up" if sched == "constant" else "0 warmup steps"
+    assert row.value.startswith(f"{sched} (") and warm in row.value
+
+
+@pytest.mark.parametrize("sched", ["reduce_lr_on_plateau", "greedy"])
+def test_eval_driven_schedules_need_an_eval_split(write_config, sched):
+    with pytest.raises(UserError) as info:
+        ds(write_config(MINIMAL + f"lr_scheduler: {sched}\n"), None)
+    assert f":8:1: lr_scheduler: {sched} lowers the rate when eval_loss stops improving" in str(info.value)
+    out, _ = build_ds_config(load_config(write_config(MINIMAL + f"lr_scheduler: {sched}\nval_set_size: 0.1\n",
+                                                      "b.yaml")), cpu_facts("test"))
+    [row] = [r for r in out.rows if r.target == "(torch scheduler)"]
+    assert "stepped with eval_loss" in row.value
 
 
 def test_sgd_and_unknown_optimizer(write_config):
     out = ds(write_config(MINIMAL + "optimizer: sgd\n"), None)
-    assert out["optimizer"]["type"] == "SGD" and out["zero_allow_untested_optimizer"] is True
+    assert "optimizer" not in out and out["zero_allow_untested_optimizer"] is True  # transformers builds it
     with pytest.raises(UserError) as info:
-        ds(write_config(MINIMAL + "optimizer: adafactor\n", "b.yaml"), None)
-    assert "optimizer 'adafactor' is not implemented by ds-tp" in str(info.value)
+        ds(write_config(MINIMAL + "optimizer: galore_adamw\n", "b.yaml"), None)
+    assert "optimizer 'galore_adamw' is not implemented by ds-tp" in str(info.value)
     assert str(info.value).startswith(str(tmp := info.value.problems[0].where)) and ":8:1" in tmp
 
 
@@ -107,15 +115,28 @@ def test_deepspeed_parser_accepts_every_example():
         assert parsed.zero_optimization_stage == config["zero_optimization"]["stage"], example
 
 
-def test_bitsandbytes_optimizers_are_built_by_ds_tp(write_config):
-    from ds_tp.translators.deepspeed import client_optimizer
-    path = write_config(MINIMAL + "optimizer: paged_adamw_8bit\nadam_beta2: 0.95\nweight_decay: 0.1\n")
+def test_optimizers_beyond_adamw_are_built_by_transformers_on_each_rank(write_config):
+    from ds_tp.translators.optimizer import client_optimizer
+    path = write_config(MINIMAL + "optimizer: paged_adamw_8bit\nadam_beta2: 0.95\nweight_decay: 0.1\n"
+                                  "optim_args:\n  momentum: 0.9\n")
     out = ds(path, None)
     assert "optimizer" not in out and out["zero_force_ds_cpu_optimizer"] is False
     values = load_config(path, (), None).values
-    assert client_optimizer(values) == ("PagedAdamW8bit", {"lr": 2e-5, "betas": (0.9, 0.95), "eps": 1e-8,
-                                                            "weight_decay": 0.1})
+    assert client_optimizer(values) == {"optim": "paged_adamw_8bit", "learning_rate": 2e-5, "adam_beta1": 0.9,
+                                        "adam_beta2": 0.95, "adam_epsilon": 1e-8, "optim_args": "momentum=0.9"}
+    assert client_optimizer({**values, "optimizer": "sgd"})["optim"] == "sgd"
     assert client_optimizer({**values, "optimizer": "adamw_torch"}) is None
+
+
+@pytest.mark.parametrize("name, why", [("adamw_torch_8bit", "adamw_bnb_8bit"), ("lomo", "backward pass"),
+                                       ("schedule_free_adamw", "schedulefree"), ("muon", "Axolotl's own")])
+def test_optimizers_ds_tp_cannot_run_are_refused_with_the_reason(write_config, name, why):
     with pytest.raises(UserError) as info:
-        ds(write_config(MINIMAL + "optimizer: adamw_torch_8bit\n", "b.yaml"), None)
-    assert "adamw_bnb_8bit" in str(info.value)
+        ds(write_config(MINIMAL + f"optimizer: {name}\n"), None)
+    assert ":8:1: optimizer: optimizer" in str(info.value) and why in str(info.value)
+
+
+def test_optim_args_with_adamw_is_warned_as_without_effect(write_config):
+    cfg = load_config(write_config(MINIMAL + "optimizer: adamw_torch\noptim_args: amsgrad=true\n"), (), None)
+    _, warnings = build_ds_config(cfg, cpu_facts("test"))
+    assert any(w.key == "optim_args" and "no effect" in w.message for w in warnings)
