@@ -54,12 +54,16 @@ def test_an_allowed_plugin_gets_its_hooks_on_every_rank(tmp_path, write_config):
                          {"hook": "post_model_load", "detail": "LlamaForCausalLM"}]
 
 
-def test_warmup_starts_at_zero_and_rises_every_step(tmp_path):
-    """DeepSpeed's WarmupLR gives its first two iterations the floor rate; ds-tp steps it once at the
+def test_a_deepspeed_scheduler_of_the_users_json_warms_up_from_zero(tmp_path, write_config):
+    """A `scheduler` block in the user's deepspeed JSON drives the rate instead of ds-tp's schedule.
+    DeepSpeed's WarmupLR gives its first two iterations the floor rate; ds-tp steps it once at the
     start, so step k runs at (k-1)/warmup of the peak, as transformers' warm-up does."""
+    config = write_config(QUICKSTART.read_text() + "deepspeed:\n  scheduler:\n    type: WarmupLR\n    params:\n"
+                          "      warmup_min_lr: 0\n      warmup_max_lr: 0.4\n      warmup_num_steps: 4\n"
+                          "      warmup_type: linear\n", "ds_scheduler.yaml")
     rows = train(tmp_path / "warm", ["--max-steps", "3", "--logging-steps", "1", "--sequence-len", "64",
-                                     "--dp-shard-size", "1", "--learning-rate", "0.4", "--warmup-steps", "4",
-                                     "--lr-scheduler", "constant", "--optimizer", "sgd"], 1)
+                                     "--dp-shard-size", "1", "--learning-rate", "0.4", "--optimizer", "sgd"], 1,
+                 config=config)
     assert [round(r["lr"], 6) for r in rows] == [0.0, 0.1, 0.2]
 
 
