@@ -257,6 +257,28 @@ def export(checkpoint, out):
     click.echo(f"exported {checkpoint} -> {out}")
 
 
+@main.command("merge-lora", context_settings=PASS_THROUGH)
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--lora-model-dir", type=click.Path(path_type=Path),
+              help="The adapter folder (default: lora_model_dir, else output_dir).")
+@click.pass_context
+@user_errors
+def merge_lora_command(ctx, config, lora_model_dir):
+    """Fold CONFIG's trained LoRA adapter into base_model's weights: a HF model in output_dir/merged."""
+    from ds_tp.config import load_config
+    from ds_tp.merge_lora import merge_lora
+    from ds_tp.model_config import load_tokenizer, resolve_model_path
+
+    cfg = load_config(config, ctx.args, None)  # the layout does not matter to a merge
+    values = cfg.values
+    adapter_dir = Path(lora_model_dir or values.get("lora_model_dir") or values.get("output_dir", "./model-out"))
+    out = Path(values.get("output_dir", "./model-out")) / "merged"
+    model_path = resolve_model_path(values["base_model"], cfg.source.parent)
+    changed = merge_lora(model_path, adapter_dir, out, load_tokenizer(model_path, values))
+    click.echo(f"merged {adapter_dir} into {changed} weights of {values['base_model']} -> {out} "
+               "(AutoModelForCausalLM.from_pretrained loads it)")
+
+
 @main.command()
 @click.argument("what", type=click.Choice(["deepspeed_configs"]))
 @click.argument("dest", required=False, type=click.Path(path_type=Path))

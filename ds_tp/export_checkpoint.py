@@ -6,6 +6,9 @@ ZeRO partitions of one TP rank), then the TP shards are joined: a parameter whos
 differs from the model's along one dimension is concatenated along it in TP-rank order (AutoTP
 splits q/k/v/gate/up and lm_head by rows, o/down by columns, possibly unevenly); the rest is
 replicated and taken from TP rank 0.
+
+An adapter run's checkpoint holds the trainable weights only; its adapter folder (gathered across ZeRO
+partitions and TP shards when it was saved) is what export writes: PeftModel.from_pretrained loads it.
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ from ds_tp.runfiles import read_state
 
 def export_checkpoint(checkpoint: Path, out: Path) -> None:
     state = read_state(checkpoint)
+    if (state.get("run") or {}).get("adapter"):
+        export_adapter(checkpoint, out)
+        return
     from transformers import AutoModelForCausalLM
 
     from ds_tp.model_config import load_model_config, load_tokenizer
@@ -78,3 +84,16 @@ def join_tp_shards(shards: list[dict], shapes: dict[str, tuple], checkpoint: Pat
                             f"model: not a split along one dimension over {len(shards)} TP ranks")
         joined[name] = torch.cat(parts, dim=dims[0])
     return joined
+
+
+def export_adapter(checkpoint: Path, out: Path) -> None:
+    import shutil
+
+    from ds_tp.runfiles import ADAPTER_FILES
+
+    if not all((checkpoint / name).is_file() for name in ADAPTER_FILES):
+        raise UserError(f"{checkpoint}: an adapter run's checkpoint without its adapter folder ({', '.join(ADAPTER_FILES)})")
+    out.mkdir(parents=True, exist_ok=True)
+    for path in checkpoint.iterdir():
+        if path.name in ADAPTER_FILES or path.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(path, out / path.name)

@@ -33,6 +33,7 @@ TMP_SAVE_PREFIX = "tmp-save-"
 LATEST = "latest"
 METRICS = "metrics.jsonl"
 MODEL_FILES = ("config.json", "model.safetensors")  # what marks a finished export in output_dir
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # ... of an adapter run
 
 
 def run_dir(output_dir: str | Path) -> Path:

@@ -12,13 +12,15 @@ Where each decision lives:
 - ZeRO stage ............. zero_stage() below (3 exactly when dp_shard > 1; a user's JSON may override)
 - precision, tf32 ........ resolve_precision() below
 - model shape ............ model_shape.ModelShape.from_config
-- trainable set .......... ResolvedRun.trainable ("full", or unfrozen_parameters; adapters add theirs here)
+- trainable set .......... ResolvedRun.trainable ("full", unfrozen_parameters, or the adapter's line)
+- adapter ................ adapter.resolve_adapter (LoRA / QLoRA: peft's config and the base's quantization)
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
+from .adapter import Adapter, resolve_adapter
 from .layout import Layout
 from .model_shape import ModelShape
 from .trainable import trainable_summary
@@ -98,6 +100,8 @@ class ResolvedRun:
     fused_adamw: bool  # adamw_torch_fused on CUDA
     trainable: str = "full"
     model: ModelShape | None = None
+    adapter: Adapter | None = None  # LoRA / QLoRA: the base is frozen and only the adapter trains
+    reduce_scatter: bool = True  # zero_optimization.reduce_scatter (DeepSpeed's default; a user's JSON may turn it off)
 
     @property
     def world(self) -> int:
@@ -131,6 +135,18 @@ class ResolvedRun:
         return self.zero3 and self.layout.tp == 1 and self.hpz_partition_size is None
 
     @property
+    def gradient_divisor(self) -> int:
+        """Ranks DeepSpeed divides the summed gradient by (DeepSpeed 0.19.8, measured by the parity tests'
+        gradient norms): every rank of the sequence-data-parallel group (dp x cp) for ZeRO-3's
+        reduce-scatter, which applies no sequence-parallel correction; dp alone for stage 0, stages 1-2
+        and ZeRO-3 without reduce-scatter, which divide by (dp x cp) / sp and so sum over the CP ranks.
+        The loop scales each rank's loss by gas x this / global tokens, so the step's gradient is the
+        token mean over the global batch whatever the layout."""
+        if self.zero3 and self.reduce_scatter:
+            return self.layout.dp * self.layout.cp
+        return self.layout.dp
+
+    @property
     def optimizer_holds_model_params(self) -> bool:
         """The optimizer steps the model's own parameter tensors: no ZeRO flat partitions and no 16-bit
         weights with an fp32 master copy. Per-parameter optimizer options (bitsandbytes' 32-bit
@@ -141,6 +157,10 @@ class ResolvedRun:
     def zero_partitions(self) -> int:
         """Ranks one TP rank's model states are partitioned over: DeepSpeed's sequence-data-parallel group."""
         return self.layout.dp * self.layout.cp if self.zero3 else 1
+
+    def with_adapter(self, adapter: Adapter | None) -> "ResolvedRun":
+        """The same run with the adapter's targets resolved against the model (prepare does it)."""
+        return replace(self, adapter=adapter, trainable=adapter.describe() if adapter else self.trainable)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -153,6 +173,7 @@ class ResolvedRun:
             "loads_partitioned": self.loads_partitioned,
             "zero_partitions": self.zero_partitions,
             "optimizer_holds_model_params": self.optimizer_holds_model_params,
+            "gradient_divisor": self.gradient_divisor,
         }
         return out
 
@@ -168,6 +189,8 @@ class ResolvedRun:
             fused_adamw=data["fused_adamw"],
             trainable=data.get("trainable", "full"),
             model=ModelShape(**model) if model else None,
+            adapter=Adapter(**data["adapter"]) if data.get("adapter") else None,
+            reduce_scatter=data.get("reduce_scatter", True),
         )
 
 
@@ -175,6 +198,7 @@ def resolve_run(
     cfg: dict, layout: Layout, device: dict, user_deepspeed: dict | None = None, model: ModelShape | None = None
 ) -> ResolvedRun:
     stage, why = zero_stage(layout, user_deepspeed)
+    adapter, _ = resolve_adapter(cfg)  # its findings were reported by validation
     fused = cfg.get("optimizer", "adamw_torch_fused") == "adamw_torch_fused" and device.get("accelerator") == "cuda"
     return ResolvedRun(
         layout=layout,
@@ -183,6 +207,8 @@ def resolve_run(
         zero_stage=stage,
         zero_why=why,
         fused_adamw=fused,
-        trainable=trainable_summary(cfg),
+        trainable=adapter.describe() if adapter else trainable_summary(cfg),
         model=model,
+        adapter=adapter,
+        reduce_scatter=((user_deepspeed or {}).get("zero_optimization") or {}).get("reduce_scatter", True) is not False,
     )

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 from ds_tp.errors import Finding, UserError
+from ds_tp.translators.adapter import ADAPTER_KEYS, resolve_adapter
+from ds_tp.translators.adapter import layout_findings as adapter_layout_findings
 from ds_tp.translators.dataset_types import resolve_dataset_type
 from ds_tp.translators.model_shape import ModelShape
 from ds_tp.translators.resolved import zero_stage
@@ -401,6 +403,16 @@ def cross_field(data: dict, bad: set[str]) -> list[Finding]:
     if isinstance(patterns, list) and "unfrozen_parameters" not in bad:
         for index, why in pattern_problems(patterns):
             found.append(Finding(("unfrozen_parameters", index), why))
+    if not bad & set(ADAPTER_KEYS):
+        found += resolve_adapter(data)[1]
+    if patterns and data.get("adapter"):
+        found.append(
+            Finding(
+                ("unfrozen_parameters",),
+                "with an adapter the base model is frozen and only the adapter trains",
+                "use lora_modules_to_save to train whole modules next to the adapter",
+            )
+        )
     grace = data.get("preemption_grace_period")
     if isinstance(grace, (int, float)) and grace > 30 and "preemption_grace_period" not in bad:
         found.append(
@@ -417,9 +429,10 @@ def cross_field(data: dict, bad: set[str]) -> list[Finding]:
 
 def layout_findings(data: dict, layout) -> list[Finding]:
     """Rules that need the resolved layout (dp_shard may be inferred from the world size)."""
+    found = adapter_layout_findings(resolve_adapter(data)[0], layout.tp)
     sharded = [f"{name} {n}" for name, n in (("dp_shard", layout.dp_shard), ("tp", layout.tp)) if n > 1]
     if data.get("chunked_cross_entropy") and (zero_stage(layout)[0] == 3 or layout.tp > 1):
-        return [
+        return found + [
             Finding(
                 ("chunked_cross_entropy",),
                 f"has no effect with {' and '.join(sharded)}: the LM head is "
@@ -428,7 +441,7 @@ def layout_findings(data: dict, layout) -> list[Finding]:
                 level="warning",
             )
         ]
-    return []
+    return found
 
 
 def model_shape_checks(data: dict, layout, config_dir: Path) -> list[Finding]:

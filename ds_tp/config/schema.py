@@ -91,7 +91,7 @@ def _without_adapter(data: dict, found: list[tuple[Finding, str | None]]) -> lis
     out = []
     for finding, group in found:
         key = finding.path[0] if len(finding.path) == 1 else None
-        if group == "adapter" and isinstance(key, str) and key.startswith(ADAPTER_ONLY):
+        if finding.level == "error" and isinstance(key, str) and key.startswith(ADAPTER_ONLY):
             finding = Finding(
                 finding.path,
                 "valid in Axolotl, no effect in ds-tp: read only with adapter: lora|qlora, "

@@ -10,7 +10,7 @@ from pathlib import Path
 from ds_tp.config import Config, to_problem
 from ds_tp.errors import Problem, UserError
 from ds_tp.model_config import load_model_config, load_tokenizer, resolve_model_path, shape_of
-from ds_tp.runfiles import CHECKPOINT_PREFIX, LATEST, METRICS, MODEL_FILES, RUN_DIR, PreparedRun
+from ds_tp.runfiles import ADAPTER_FILES, CHECKPOINT_PREFIX, LATEST, METRICS, MODEL_FILES, RUN_DIR, PreparedRun
 from ds_tp.translators.model_shape import embedding_rows
 
 
@@ -21,7 +21,7 @@ def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
     if not output_dir.is_dir():
         raise UserError(Problem(f"{output_dir} exists and is not a folder", key="output_dir"))
     ours = [p for p in output_dir.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) or p.name in
-            (METRICS, LATEST, RUN_DIR, *MODEL_FILES)]
+            (METRICS, LATEST, RUN_DIR, *MODEL_FILES, *ADAPTER_FILES)]
     links = [p.name for p in ours if p.is_symlink()]
     if links:  # writes into them would land outside output_dir
         raise UserError(Problem(f"{output_dir} holds symlinks where ds-tp writes ({', '.join(sorted(links))})",
@@ -78,6 +78,30 @@ def check_unfrozen(cfg: Config, hf_config) -> str | None:
             f"(e.g. {trained[0]}); {len(frozen)} are frozen")
 
 
+def resolve_adapter_targets(cfg: Config, hf_config):
+    """The adapter with the modules peft will adapt, found on a meta-device model, and the line saying how
+    much trains; (None, None) without an adapter. Targets that match nothing are refused at their key."""
+    from ds_tp.translators.adapter import resolve_adapter
+
+    adapter, _ = resolve_adapter(cfg.values)
+    if adapter is None:
+        return None, None
+    from ds_tp.train.adapter import adapted_modules
+    key = "lora_target_modules" if cfg.values.get("lora_target_modules") else "adapter"
+    try:
+        targets, adapted, trainable, total = adapted_modules(hf_config, adapter, cfg.values)
+    except ValueError as exc:
+        raise UserError(Problem(str(exc).splitlines()[0], key=key, where=cfg.where((key,)),
+                                hint="name modules of this model, e.g. q_proj, v_proj, or set lora_target_linear")) from None
+    if not adapted:
+        raise UserError(Problem("matches none of the model's modules", key=key, where=cfg.where((key,))))
+    layers = sorted({name.rsplit(".", 1)[-1] for name in adapted})
+    note = (f"adapter {adapter.kind}: {trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f}%): "
+            f"{len(adapted)} modules ({', '.join(layers)})" + (" + " + ", ".join(adapter.modules_to_save)
+                                                                if adapter.modules_to_save else ""))
+    return dataclasses.replace(adapter, resolved_targets=targets if isinstance(targets, str) else list(targets)), note
+
+
 def check_optimizer_and_schedule(cfg: Config, total: int, own_schedule: bool) -> dict:
     """The schedule with its step counts (translators.schedule's decision, for the run file), after building
     the optimizer and the scheduler once on a one-tensor model: what transformers, torch or bitsandbytes
@@ -130,19 +154,21 @@ def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profi
     if shape_errors:
         raise UserError([to_problem(cfg.source, cfg.marks, f) for f in shape_errors])
     trained_note = check_unfrozen(cfg, hf_config)
+    adapter, adapter_note = resolve_adapter_targets(cfg, hf_config)
     prepared = prepare_datasets(values, tokenizer, config_dir=cfg.source.parent)
     global_batch = effective_batch(values["micro_batch_size"], values["gradient_accumulation_steps"], cfg.layout)
     steps_per_epoch, total = schedule(values, prepared.train_rows, global_batch)
     facts = TrainFacts(hidden_size=shape.hidden, total_steps=total)
     translation, _ = build_ds_config(cfg, device, facts, model=shape)
     assert translation.run is not None
+    run = translation.run.with_adapter(adapter) if adapter else translation.run
     lr_schedule = check_optimizer_and_schedule(cfg, total, own_schedule="scheduler" in translation.config)
     logging_steps = values.get("logging_steps") or max(min(int(0.005 * total), 10), 1)
     notes = [f"{prepared.train_rows} training rows ({'cached' if prepared.cache_hit else 'prepared'} in "
              f"{prepared.path}), {prepared.dropped_long} dropped as longer than sequence_len"
              + (f", {prepared.dropped_untrained} with no trained token" if prepared.dropped_untrained else "")]
-    notes += [note for note in (resized_note, trained_note) if note]
-    return PreparedRun(config=values, run=translation.run.to_dict(), ds_config=translation.config,
+    notes += [note for note in (resized_note, trained_note, adapter_note) if note]
+    return PreparedRun(config=values, run=run.to_dict(), ds_config=translation.config,
                        model_path=model_path, prepared_path=str(prepared.path), output_dir=str(output_dir),
                        train_rows=prepared.train_rows, eval_rows=prepared.eval_rows, global_batch=global_batch,
                        steps_per_epoch=steps_per_epoch, total_steps=total, logging_steps=logging_steps,

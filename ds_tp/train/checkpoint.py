@@ -24,7 +24,10 @@ def _fsync_tree(path: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def save_checkpoint(engine, mesh, output_dir: Path, step: int, state: dict, keep_last: int | None) -> Path:
+def save_checkpoint(engine, mesh, output_dir: Path, step: int, state: dict, keep_last: int | None,
+                    trainable_only: bool = False, extra=None) -> Path:
+    """trainable_only (adapters): DeepSpeed leaves the frozen base out, it is reloaded from base_model.
+    extra(folder), called on every rank, adds files (the adapter folder) before the rename."""
     import deepspeed.comm as dist
 
     tmp_tag = tmp_save_tag(step)
@@ -32,7 +35,10 @@ def save_checkpoint(engine, mesh, output_dir: Path, step: int, state: dict, keep
     if mesh.is_main and (output_dir / tmp_tag).exists():
         shutil.rmtree(output_dir / tmp_tag)
     dist.barrier()
-    engine.save_checkpoint(str(output_dir), tag=tmp_tag, client_state={"step": step}, save_latest=False)
+    engine.save_checkpoint(str(output_dir), tag=tmp_tag, client_state={"step": step}, save_latest=False,
+                           exclude_frozen_parameters=trainable_only)
+    if extra is not None:
+        extra(output_dir / tmp_tag)
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     torch.save(rng, output_dir / tmp_tag / f"rng_state_{mesh.rank}.pt")
     dist.barrier()
@@ -56,9 +62,11 @@ def rotate(output_dir: Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(engine, mesh, checkpoint: Path) -> dict:
-    """Restore engine (weights, optimizer, scheduler) and RNG; returns ds-tp's state (step, ...)."""
-    path, _ = engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+def load_checkpoint(engine, mesh, checkpoint: Path, trainable_only: bool = False) -> dict:
+    """Restore engine (weights, optimizer, scheduler) and RNG; returns ds-tp's state (step, ...).
+    trainable_only: the checkpoint holds the trainable weights only (the frozen base came from base_model)."""
+    path, _ = engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name,
+                                     load_module_strict=not trainable_only)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load {checkpoint}")
     rng_file = checkpoint / f"rng_state_{mesh.rank}.pt"

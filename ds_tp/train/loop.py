@@ -2,8 +2,10 @@
 
 Loss: every micro-batch contributes sum(token losses) / (trainable tokens in the whole global
 batch), so one optimizer step minimises the mean over every token of the global batch, whatever
-the split into micro-batches, data-parallel ranks or sequence shards. DeepSpeed divides by gas
-(backward) and averages gradients over data-parallel ranks; the factor gas * dp undoes both.
+the split into micro-batches, data-parallel ranks or sequence shards. Each rank backpropagates its
+own shard's sum (Ulysses' all-to-all carries the gradients between CP ranks); DeepSpeed divides by
+gas (backward) and by ResolvedRun.gradient_divisor ranks when it reduces the gradients; the factor
+gas * gradient_divisor undoes both. The logged loss sums every rank's share.
 """
 from __future__ import annotations
 
@@ -112,8 +114,8 @@ class Trainer:
         return max(1, math.ceil(rows / int(self.plan.config.get("chunked_cross_entropy_num_chunks", 8))))
 
     # --- one forward ------------------------------------------------------------------------
-    def _loss_sum(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of this rank's token losses, differentiable; same summed over the CP group)."""
+    def _loss_sum(self, rows: list[dict]) -> torch.Tensor:
+        """The sum of this rank's token losses (its sequence shard under CP), differentiable."""
         batch = collate(rows, self.pad_id, multiple_of=self.resolved.sequence_divisor, pad_to=self.pad_to)
         batch = shard_sequence(batch, self.mesh.coords["cp"], self.layout.cp)
         batch = self._to_device(batch)
@@ -129,10 +131,7 @@ class Trainer:
             logits = self.engine(**batch, use_cache=False).logits
             local = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift.reshape(-1),
                                     ignore_index=-100, reduction="sum")
-        if self.layout.cp > 1:
-            import torch.distributed.nn.functional as dnn
-            return local, dnn.all_reduce(local, group=self.mesh.sp_group)
-        return local, local
+        return local
 
     def _to_device(self, batch: dict) -> dict:
         """On CUDA: pinned host memory and a non-blocking copy. A copy from pageable memory waits for
@@ -186,9 +185,8 @@ class Trainer:
         dp_rank = self.mesh.coords["dp"]
         for m in range(self.gas):
             rows = self._rows(self.train_rows, self.batches.micro_rows(step, m, dp_rank))
-            local, summed = self._loss_sum(rows)
-            local, summed = guard.loss(local, step), guard.loss(summed, step)
-            engine.backward(summed * (self.gas * self.layout.dp / global_tokens))
+            local = guard.loss(self._loss_sum(rows), step)
+            engine.backward(local * (self.gas * self.resolved.gradient_divisor / global_tokens))
             if m == self.gas - 1:
                 guard.before_optimizer_step()
             engine.step()
@@ -272,7 +270,13 @@ class Trainer:
         state = {"early_stopping": loop.early.state(), "total_steps": plan.total_steps, "global_batch": plan.global_batch, "layout": plan.run["layout"],
                  "run": plan.run,
                  "world": self.mesh.world, "model_path": plan.model_path, "config": plan.config}
-        path = save_checkpoint(self.engine, self.mesh, self.output_dir, done, state, plan.config.get("save_total_limit"))
+        adapter = self.resolved.adapter
+        extra = None
+        if adapter is not None:  # the adapter folder too: PeftModel.from_pretrained(base, checkpoint) loads it
+            from ds_tp.train.adapter import save_adapter
+            extra = lambda folder: save_adapter(self.engine, self.mesh, plan, folder)  # noqa: E731
+        path = save_checkpoint(self.engine, self.mesh, self.output_dir, done, state, plan.config.get("save_total_limit"),
+                               trainable_only=adapter is not None, extra=extra)
         self.log(f"saved {path}")
         return path
 
@@ -311,7 +315,7 @@ class Trainer:
         for b in range(batches):
             chunk = mine[b * self.micro:(b + 1) * self.micro]
             rows = self._rows(self.eval_rows, chunk) if chunk else self._rows(self.eval_rows, [0])
-            local, _ = self._loss_sum(rows)
+            local = self._loss_sum(rows)
             if chunk:
                 total += local.double()
                 count += sum(trainable_tokens(r["labels"]) for r in rows)

@@ -31,9 +31,12 @@ def load_model(plan, run, attn: str):
         from transformers.integrations import HfDeepSpeedConfig
         keep_alive = HfDeepSpeedConfig(plan.ds_config)
     from ds_tp.model_config import load_model_config
+    from ds_tp.train.adapter import quantization_config
+    quantized = quantization_config(run.adapter, run)  # QLoRA / 8-bit LoRA: bitsandbytes layers for the frozen base
     model = AutoModelForCausalLM.from_pretrained(
         plan.model_path, config=load_model_config(plan.model_path, plan.config), attn_implementation=attn,
-        dtype=torch.float32, trust_remote_code=bool(plan.config.get("trust_remote_code")))
+        dtype=torch.float32, trust_remote_code=bool(plan.config.get("trust_remote_code")),
+        **({"quantization_config": quantized} if quantized is not None else {}))
     resize_embeddings(model, run.model.vocab if run.model else None, plan.config)
     trains = trainable_matcher(plan.config.get("unfrozen_parameters"))
     for name, param in model.named_parameters():  # before deepspeed.initialize: frozen ones get no state
@@ -62,7 +65,7 @@ def shapes_before_sharding(model) -> dict[str, tuple]:
     return {name: tuple(getattr(p, "ds_shape", p.shape)) for name, p in model.named_parameters()}
 
 
-def sharding_report(engine, mesh: Mesh, global_shapes: dict[str, tuple], limit: int = 4) -> list[str]:
+def sharding_report(engine, mesh: Mesh, global_shapes: dict[str, tuple], limit: int = 8) -> list[str]:
     """Global vs local shapes of a few parameters: proof that TP / ZeRO-3 took effect on this rank."""
     lines = []
     for name, param in engine.module.named_parameters():

@@ -32,9 +32,15 @@ def optimizer_class(cfg: dict):
     if fields is None:
         return None
     from transformers import Trainer, TrainingArguments
+    from transformers.utils import logging
 
-    args = TrainingArguments(output_dir=cfg.get("output_dir") or "model-out", report_to="none",
-                             weight_decay=float(cfg.get("weight_decay") or 0.0), **fields)
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()  # its warnings are about launching Trainer, which ds-tp does not do
+    try:
+        args = TrainingArguments(output_dir=cfg.get("output_dir") or "model-out", report_to="none",
+                                 weight_decay=float(cfg.get("weight_decay") or 0.0), **fields)
+    finally:
+        logging.set_verbosity(level)
     return Trainer.get_optimizer_cls_and_kwargs(args)
 
 

@@ -62,9 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     attach_sequence_parallel(mesh, plan, run, attn, plan.ds_config["train_micro_batch_size_per_gpu"],
                              int(cfg["sequence_len"]))
     model, keep_alive = load_model(plan, run, attn)
+    if run.adapter:
+        from ds_tp.train.adapter import apply_adapter
+        model = apply_adapter(model, run.adapter, cfg, run.zero3, seed)
+    global_shapes = shapes_before_sharding(model)
+    if run.adapter and layout.tp > 1:
+        from ds_tp.train.tp_lora import split_lora_layers
+        split_lora_layers(model, mesh)
     call_hook(plugins, "post_model_load", cfg, model)
     shape = run.model
-    global_shapes = shapes_before_sharding(model)
     groups = param_groups(model, float(cfg.get("weight_decay") or 0.0))
     # the user's own deepspeed JSON may name a DeepSpeed scheduler; otherwise ds-tp's schedule drives the rate
     own_schedule = "scheduler" in plan.ds_config
@@ -99,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         # transformers' warm-up schedules do (a resume restores the saved iteration instead).
         scheduler.step()
     if plan.resume_from:
-        state = load_checkpoint(engine, mesh, Path(plan.resume_from))
+        state = load_checkpoint(engine, mesh, Path(plan.resume_from), trainable_only=run.adapter is not None)
         start = int(state["step"])
         log(f"resumed from {plan.resume_from} at step {start}")
     train_rows, eval_rows = load_prepared(Path(plan.prepared_path))
@@ -108,8 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     reached = trainer.run(start, stop, state)
     if reached < plan.total_steps and not trainer.finished_early:
         return 0  # stopped by a signal after saving a checkpoint; no export of a half-trained model
-    export_hf(engine, mesh, plan, Path(plan.output_dir))
-    log(f"saved the model to {plan.output_dir} (AutoModelForCausalLM.from_pretrained loads it)")
+    if run.adapter:
+        from ds_tp.train.adapter import save_adapter
+        save_adapter(engine, mesh, plan, Path(plan.output_dir))
+        log(f"saved the adapter to {plan.output_dir} (PeftModel.from_pretrained(base, dir) loads it; "
+            "`ds-tp merge-lora` merges it)")
+    else:
+        export_hf(engine, mesh, plan, Path(plan.output_dir))
+        log(f"saved the model to {plan.output_dir} (AutoModelForCausalLM.from_pretrained loads it)")
     del keep_alive
     import deepspeed.comm as dist
     dist.barrier()

@@ -75,10 +75,45 @@ def test_cp_with_packing_needs_micro_batch_one(write_config):
 
 
 def test_unsupported_training_change_is_an_error(write_config):
-    msgs = problems(write_config(MINIMAL + "adapter: lora\nlora_r: 8\nload_in_8bit: true\n"))
+    msgs = problems(write_config(MINIMAL + "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\n"
+                                           "relora: true\nrelora_steps: 50\n"))
     assert len(msgs) == 1  # one feature, one line: at its first key, naming the others
-    assert "adapter: valid in Axolotl but not implemented by ds-tp (it changes what is trained)" in msgs[0]
-    assert "with it: lora_r, load_in_8bit" in msgs[0]
+    assert "relora: valid in Axolotl but not implemented by ds-tp (it changes what is trained)" in msgs[0]
+    assert "ReLoRA" in msgs[0] and "with it: relora_steps" in msgs[0]
+
+
+def test_adapter_keys_without_an_adapter_are_accepted_with_no_effect(write_config):
+    cfg = load_config(write_config(MINIMAL + "lora_r: 8\nlora_alpha: 16\nloraplus_lr_ratio: 16\n"))
+    summary = [str(n) for n in cfg.notices if "accepted with no effect" in str(n)]
+    assert len(summary) == 1 and all(f"{k} (line" in summary[0] for k in ("lora_r", "lora_alpha", "loraplus_lr_ratio"))
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("adapter: lora\nlora_target_linear: true\n", "adapter: lora_r is not set"),
+    ("adapter: lora\nlora_r: 8\nlora_alpha: 16\n", "adapter: no layer to adapt"),
+    ("adapter: qlora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\n", "adapter: qlora trains on a 4-bit base"),
+    ("load_in_4bit: true\n", "load_in_4bit: a quantized base trains only through an adapter"),
+    ("adapter: llama-adapter\n", "adapter: adapter 'llama-adapter' is not implemented"),
+    ("adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\npeft_init_lora_weights: pissa\n",
+     "peft_init_lora_weights: 'pissa' is not implemented"),
+    ("adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\ntokens: [x]\n",
+     "tokens: new tokens with an adapter"),
+    ("adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\nunfrozen_parameters: [lm_head]\n",
+     "unfrozen_parameters: with an adapter the base model is frozen"),
+])
+def test_adapter_keys_as_axolotl_reads_them(write_config, body, needle):
+    msgs = problems(write_config(MINIMAL + body))
+    assert any(needle in m for m in msgs), msgs
+
+
+@pytest.mark.parametrize("body, key", [("peft_use_dora: true\n", "peft_use_dora"),
+                                       ("load_in_4bit: true\n", "load_in_4bit"),
+                                       ("lora_modules_to_save: [lm_head]\n", "lora_modules_to_save")])
+def test_what_tensor_parallel_lora_cannot_do_is_refused_at_its_key(write_config, body, key):
+    text = MINIMAL + "adapter: " + ("qlora" if "4bit" in body else "lora") + \
+        "\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\ntensor_parallel_size: 2\n" + body
+    msgs = problems(write_config(text), world=2)
+    assert any(f"{key}: " in m and "tensor" in m.lower() for m in msgs), msgs
 
 
 def test_backend_tuning_key_is_a_warning_only(write_config):
