@@ -3,6 +3,8 @@ Axolotl's ZeRO-3 JSON, and a plain PyTorch loop: same model, same data, same ste
 
     python scripts/bench.py                 # whatever device is here; ~4 min on 2 CPU cores, ~3 min on an H100
     python scripts/bench.py --quick         # a smoke run (few steps: the figures are not stable)
+    python scripts/bench.py --lora          # the same four ways training a LoRA adapter (peft, rank 16 on
+                                            # every linear layer; the base frozen)
 
 Each way trains in its own subprocess (DeepSpeed/accelerate global state cannot leak, peak memory is
 per way), all with the same OMP_NUM_THREADS, on one process (world 1):
@@ -85,6 +87,9 @@ ZERO3_AXOLOTL = {
 }
 
 LR, LR_WARMUP, SEED = 1e-4, 4, 42
+# --lora: every way trains the same peft adapter (ds-tp from its YAML keys, the others with get_peft_model
+# after the same seed), so each starts from the same adapter init
+LORA = {"r": 16, "alpha": 32, "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 
 
 # the pure helpers live beside this file (tests/unit/test_bench.py loads them through this module)
@@ -156,7 +161,8 @@ def write_data(path: Path, sequence_len: int, rows_needed: int) -> None:
                                                  for _ in range(8 * sequence_len - 2))}) + "\n")
 
 
-def write_config(path: Path, *, model: Path, data: Path, work: Path, run: dict, deepspeed: dict | None = None) -> None:
+def write_config(path: Path, *, model: Path, data: Path, work: Path, run: dict, deepspeed: dict | None = None,
+                 lora: dict | None = None) -> None:
     total = run["warmup"] + run["measured"]
     lines = [
         f"base_model: {model}",
@@ -183,6 +189,9 @@ def write_config(path: Path, *, model: Path, data: Path, work: Path, run: dict, 
     ]
     if deepspeed:  # ds-tp merges a `deepspeed:` mapping over the JSON it generates (JSON is YAML)
         lines.append(f"deepspeed: {json.dumps(deepspeed)}")
+    if lora:
+        lines += ["adapter: lora", f"lora_r: {lora['r']}", f"lora_alpha: {lora['alpha']}", "lora_dropout: 0.0",
+                  f"lora_target_modules: {json.dumps(lora['targets'])}"]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -274,7 +283,8 @@ def parent(args) -> int:
     write_data(data, run["sequence_len"], total * run["micro_batch_size"])
     config = work / "bench.yaml"
     override = json.loads(args.deepspeed_override) if args.deepspeed_override else None
-    write_config(config, model=work / "model", data=data, work=work, run=run, deepspeed=override)
+    lora = LORA if args.lora else None
+    write_config(config, model=work / "model", data=data, work=work, run=run, deepspeed=override, lora=lora)
     # The real front end: schema, layout, data preparation, plan and DeepSpeed JSON, as `ds-tp train`.
     cfg, plan, plan_path, world, _ = prepare_training(config, [], 1, overwrite=True)
     ds_json = json.loads((Path(plan.output_dir) / "ds_tp" / "deepspeed_config.json").read_text())
@@ -298,7 +308,7 @@ def parent(args) -> int:
             "ds_config": ds_json, "zero3_config": ZERO3_AXOLOTL, "precision": plan.resolved.precision.name, "order": order,
             "step_real_tokens": step_real, "warmup": run["warmup"], "total": total,
             "pad_id": _pad_id(plan), "lr": LR, "lr_warmup": LR_WARMUP, "seed": SEED, "work": str(work),
-            "micro": run["micro_batch_size"], "threads": threads}
+            "micro": run["micro_batch_size"], "threads": threads, "lora": lora}
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec))
 
@@ -327,7 +337,7 @@ def parent(args) -> int:
              "ds_tp_json": ds_json, "zero3_json": ZERO3_AXOLOTL,
              "peak_mem_kind": "torch.cuda.max_memory_allocated" if cuda else
              "getrusage(RUSAGE_SELF).ru_maxrss in the child at the end of the last step",
-             "host": platform.node(), "cpu_count": os.cpu_count()}
+             "host": platform.node(), "cpu_count": os.cpu_count(), "adapter": lora}
     result = assemble(results, device=device, precision=plan.resolved.precision.name, versions=versions(), setup=setup,
                       flops_token=flops_token, peak_flops=peak, date=date)
     for line in summary_lines(result):
@@ -336,12 +346,13 @@ def parent(args) -> int:
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         stamp = _dt.datetime.now().strftime("%Y-%m-%d")
-        path = out_dir / f"{stamp}-{device_slug(device['name'])}.json"
+        name = f"{stamp}-{device_slug(device['name'])}" + ("-lora" if lora else "")
+        path = out_dir / f"{name}.json"
         if path.exists() and not args.overwrite_result:
             n = 2
-            while (out_dir / f"{stamp}-{device_slug(device['name'])}-run{n}.json").exists():
+            while (out_dir / f"{name}-run{n}.json").exists():
                 n += 1
-            path = out_dir / f"{stamp}-{device_slug(device['name'])}-run{n}.json"
+            path = out_dir / f"{name}-run{n}.json"
         path.write_text(json.dumps(result, indent=1) + "\n")
         print(f"[bench] wrote {path}", flush=True)
     sys.stdout.flush()
@@ -363,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deepspeed-override", help="JSON merged over ds-tp's generated DeepSpeed config (its "
                         "`deepspeed:` key), to try a change; ways ds_tp and hf_trainer both use the result")
     parser.add_argument("--quick", action="store_true", help="2 + 4 steps: a smoke run, not a measurement")
+    parser.add_argument("--lora", action="store_true", help="every way trains a LoRA adapter (peft) on the frozen base")
     parser.add_argument("--work-dir", help="scratch folder (model, data, outputs, logs); default a new temp dir")
     parser.add_argument("--out-dir", default=str(REPO / "benchmarks"))
     parser.add_argument("--no-save", action="store_true", help="print only; write nothing to --out-dir")

@@ -59,6 +59,20 @@ def child_ds_tp(spec: dict) -> dict:
             "final_loss": last["loss"]}
 
 
+def with_lora(model, spec: dict):
+    """The way's model with --lora's adapter (peft), drawn after the same seed as ds-tp draws it."""
+    if not spec.get("lora"):
+        return model
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    lora = spec["lora"]
+    model.enable_input_require_grads()
+    torch.manual_seed(spec["seed"])
+    return get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=0.0,
+                                            target_modules=lora["targets"], task_type="CAUSAL_LM"))
+
+
 def _collate_hf(rows: list[dict], pad_id: int) -> dict:
     """ds-tp's collate, with the unshifted labels HF models expect (the model shifts them itself)."""
     import torch
@@ -104,6 +118,7 @@ def child_hf(spec: dict, zero3: bool) -> dict:
     model = AutoModelForCausalLM.from_pretrained(spec["model_path"], attn_implementation="sdpa",
                                                  dtype=torch.float32)
     model.config.use_cache = False
+    model = with_lora(model, spec)
     rows = _rows(spec)
     flat = [i for step in spec["order"] for i in step]
 
@@ -160,6 +175,7 @@ def child_torch(spec: dict) -> dict:
     model = AutoModelForCausalLM.from_pretrained(spec["model_path"], attn_implementation="sdpa",
                                                  dtype=torch.float32).to(device)
     model.config.use_cache = False
+    model = with_lora(model, spec)
     model.train()
     p = spec["ds_config"]["optimizer"]["params"]
     params = [q for q in model.parameters() if q.requires_grad]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Check a finished quickstart run: the loss fell below 80% of its start, the saved model loads with
-from_pretrained, and it answers the held-out tasks right more often than the untrained model.
-Prints the figures; exits 1 if a check fails."""
+from_pretrained (an adapter run's: PeftModel.from_pretrained over the base), and it answers the held-out
+tasks right more often than the untrained model. Prints the figures; exits 1 if a check fails."""
 import json
 import sys
 from pathlib import Path
@@ -18,9 +18,14 @@ def figures(out: Path) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     heldout = [json.loads(line) for line in (ROOT / "examples/quickstart/data/heldout.jsonl").read_text().splitlines()]
-    trained = AutoModelForCausalLM.from_pretrained(out)
+    base = resolve_builtin_model("builtin:tiny-llama")
+    if (out / "adapter_config.json").is_file():
+        from peft import PeftModel
+        trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out)
+    else:
+        trained = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
-    untrained = AutoModelForCausalLM.from_pretrained(resolve_builtin_model("builtin:tiny-llama"))
+    untrained = AutoModelForCausalLM.from_pretrained(base)
     return {"first_loss": losses[0], "last_loss": losses[-1], "tasks": len(heldout),
             "accuracy_before": greedy_accuracy(untrained, tokenizer, heldout),
             "accuracy_after": greedy_accuracy(trained, tokenizer, heldout)}

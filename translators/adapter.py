@@ -244,3 +244,53 @@ def layout_findings(adapter: Adapter | None, tp: int) -> list[Finding]:
             )
         )
     return found
+
+
+# Bytes per weight of a quantized frozen base (bitsandbytes): nf4 packs two weights a byte, and double
+# quantization adds an 8-bit absmax per 64 weights plus a 32-bit constant per 256 of those; int8 keeps
+# one byte a weight and a 32-bit scale per row (negligible).
+QUANT_BYTES = {"4bit": 0.5 + 1 / 64 + 4 / (64 * 256), "8bit": 1.0}
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ROW_PARALLEL = ("o_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class AdapterParams:
+    """Parameters of one TP rank under an adapter: what trains, and the frozen base by storage."""
+
+    trainable: float
+    frozen_quantizable: float  # the decoder layers' linear weights (bitsandbytes-quantized under QLoRA)
+    frozen_other: float  # embeddings, LM head, norms: kept in the training dtype
+    assumed_targets: bool = False  # lora_target_modules was a regex: every linear layer counted
+
+
+def adapter_params(adapter: Adapter, shape, tp: int) -> AdapterParams:
+    """Per-TP-rank parameter counts of a Llama-style model (`shape`, a ModelShape) with this adapter:
+    LoRA's A (r x in) and B (out x r) on each targeted linear of each adapted layer, split like the base
+    (column layers split B, row layers split A), plus lora_modules_to_save's trained copies."""
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    h, inter = shape.hidden, shape.intermediate
+    dims = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h), "gate_proj": (h, inter),
+            "up_proj": (h, inter), "down_proj": (inter, h)}
+    targets = adapter.resolved_targets or adapter.target_modules or []
+    assumed = isinstance(targets, str)
+    names = set(LINEARS) if adapter.target_linear or assumed else {t.rsplit(".", 1)[-1] for t in targets}
+    layers = len(adapter.layers_to_transform) if adapter.layers_to_transform else shape.layers
+    per_layer = 0.0
+    for name in names & set(LINEARS):
+        fan_in, fan_out = dims[name]
+        lora_a, lora_b = adapter.r * fan_in, adapter.r * fan_out
+        per_layer += lora_a / tp + lora_b if name in ROW_PARALLEL else lora_a + lora_b / tp
+        if adapter.dora:
+            per_layer += fan_out / (1 if name in ROW_PARALLEL else tp)
+    saved = 0.0
+    for name in adapter.modules_to_save or []:
+        if name in ("embed_tokens", "lm_head"):
+            saved += shape.embedding_params
+    head = 0 if shape.tied else shape.embedding_params / tp
+    return AdapterParams(
+        trainable=layers * per_layer + saved,
+        frozen_quantizable=shape.layers * shape.layer_linear_params / tp,
+        frozen_other=shape.layers * 2 * h + shape.embedding_params + head + h,
+        assumed_targets=assumed,
+    )

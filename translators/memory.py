@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .adapter import QUANT_BYTES, adapter_params
 from .layout import Layout
 from .model_shape import ModelShape
 from .resolved import resolve_run
@@ -88,6 +89,7 @@ class Estimate:
     logits: int
     overhead: int
     notes: tuple[str, ...] = ()
+    load_peak: int = 0  # a quantized base held whole while loading, before ZeRO-3 partitions it
 
     @property
     def model_states(self) -> int:
@@ -95,7 +97,8 @@ class Estimate:
 
     @property
     def total(self) -> int:
-        return self.model_states + self.buffers + self.activations + self.logits + self.overhead
+        steady = self.model_states + self.buffers + self.activations + self.logits + self.overhead
+        return max(steady, self.load_peak + self.overhead)
 
 
 def activation_bytes(
@@ -151,7 +154,24 @@ def estimate_memory(
     # DeepSpeed partitions over its sequence-data-parallel group: every dp and cp rank holds a slice.
     shards = run.zero_partitions
     params, grads, optim = per_rank * w / shards, per_rank * g / shards, per_rank * o / shards
-    hpz = per_rank * w / run.hpz_partition_size if run.hpz_partition_size else 0
+    weights = per_rank * w  # every weight of one TP rank, before ZeRO partitions it
+    load_peak = 0.0
+    if run.adapter is not None:  # only the adapter trains: gradients and optimizer state for it alone
+        counts = adapter_params(run.adapter, shape, layout.tp)
+        base = counts.frozen_quantizable * QUANT_BYTES.get(run.adapter.quant or "", w) + counts.frozen_other * w
+        weights = counts.trainable * w + base
+        params, grads, optim = weights / shards, counts.trainable * g / shards, counts.trainable * o / shards
+        notes.append(
+            f"adapter {run.adapter.kind}: {counts.trainable / 1e6:.1f}M of {(counts.trainable + per_rank) / 1e6:.0f}M "
+            f"parameters per TP rank train; the frozen base takes {base / GIB:.1f} GiB before ZeRO partitions it"
+            + (" (4-bit nf4)" if run.adapter.quant == "4bit" else " (8-bit)" if run.adapter.quant else "")
+            + ("; lora_target_modules is a regex: every linear layer counted" if counts.assumed_targets else "")
+        )
+        if run.adapter.quant and zero3:  # bitsandbytes loads the base whole; deepspeed.initialize partitions it
+            load_peak = weights
+            notes.append(f"the quantized base loads whole on each rank ({weights / GIB:.1f} GiB) before ZeRO-3 "
+                         "partitions it")
+    hpz = weights / run.hpz_partition_size if run.hpz_partition_size else 0
     if zero3 and fsdp.get("offload_params"):
         params, hpz = 0, 0
         notes.append("offload_params: weight partitions live in CPU memory")
@@ -188,6 +208,7 @@ def estimate_memory(
         logits,
         overhead,
         tuple(notes),
+        int(load_peak),
     )
 
 

@@ -15,8 +15,19 @@ from ds_tp.runfiles import PreparedRun
 from tests.conftest import EXAMPLES
 from tests.ranks.harness import SHARP, losses, train
 
-LORA = EXAMPLES / "quickstart-lora.yaml"
-QLORA = EXAMPLES / "quickstart-qlora.yaml"
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory) -> dict:
+    """The quickstart-lora/-qlora examples without lora_modules_to_save (refused with TP, and the embeddings
+    they train are not adapters): {"lora": path, "qlora": path}."""
+    folder = tmp_path_factory.mktemp("configs")
+    out = {}
+    for kind in ("lora", "qlora"):
+        lines = [x for x in (EXAMPLES / f"quickstart-{kind}.yaml").read_text().splitlines()
+                 if not x.startswith("lora_modules_to_save")]
+        out[kind] = folder / f"{kind}.yaml"
+        out[kind].write_text("\n".join(lines).replace("path: examples/", f"path: {EXAMPLES}/") + "\n")
+    return out
 STEPS = [*SHARP, "--max-steps", "6", "--learning-rate", "0.2"]
 LAYOUTS = [
     ("lora", "dp_shard2", ["--dp-shard-size", "2", "--gradient-accumulation-steps", "1"], 2),
@@ -36,7 +47,7 @@ def adapter_weights(folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory):
+def one_process(tmp_path_factory, configs):
     """One-process runs by (adapter, global batch), each trained once per module."""
     runs = {}
 
@@ -44,16 +55,16 @@ def one_process(tmp_path_factory):
         if (kind, global_batch) not in runs:
             out = tmp_path_factory.mktemp(f"{kind}{global_batch}") / "run"
             rows = train(out, [*STEPS, "--dp-shard-size", "1", "--gradient-accumulation-steps", str(global_batch)],
-                         1, config=LORA if kind == "lora" else QLORA)
+                         1, config=configs[kind])
             runs[kind, global_batch] = out, losses(rows)
         return runs[kind, global_batch]
     return get
 
 
 @pytest.mark.parametrize("kind, name, overrides, nproc", LAYOUTS, ids=[f"{k}-{n}" for k, n, _, _ in LAYOUTS])
-def test_adapter_layout_matches_one_process(one_process, tmp_path, capfd, kind, name, overrides, nproc):
+def test_adapter_layout_matches_one_process(one_process, configs, tmp_path, capfd, kind, name, overrides, nproc):
     out = tmp_path / name
-    got = losses(train(out, [*STEPS, *overrides], nproc, config=LORA if kind == "lora" else QLORA))
+    got = losses(train(out, [*STEPS, *overrides], nproc, config=configs[kind]))
     if "tp2" in name:  # the rank log's sharding report: the layers and their adapters really are split
         log = capfd.readouterr().out
         prefix = "rank 0 base_model.model.model.layers.0."
@@ -124,12 +135,12 @@ def test_one_process_equals_a_plain_torch_and_peft_loop(one_process):
 
 
 @pytest.fixture(scope="module")
-def zero3_run(tmp_path_factory):
+def zero3_run(tmp_path_factory, configs):
     """LoRA under ZeRO-3 with AdamW and weight decay 0.5 (frozen weights in the optimizer would decay),
     an eval at the end, and a checkpoint at step 3."""
     out = tmp_path_factory.mktemp("zero3") / "A"
     rows = train(out, [*STEPS, "--optimizer", "adamw_torch", "--learning-rate", "0.01", "--weight-decay", "0.5",
-                       "--val-set-size", "0.05", "--eval-steps", "6", "--save-steps", "3"], 2, config=LORA)
+                       "--val-set-size", "0.05", "--eval-steps", "6", "--save-steps", "3"], 2, config=configs["lora"])
     return out, rows
 
 
@@ -162,26 +173,26 @@ def test_only_the_adapter_trains_and_is_saved(zero3_run):
     assert size < 4 * 90_112 * 4  # adapter weights + Adam moments: no copy of the 350k-parameter base
 
 
-def test_resume_from_an_adapter_checkpoint_is_bitwise(zero3_run, tmp_path):
+def test_resume_from_an_adapter_checkpoint_is_bitwise(zero3_run, configs, tmp_path):
     out, rows = zero3_run
     resumed = train(tmp_path / "B", [*STEPS, "--optimizer", "adamw_torch", "--learning-rate", "0.01",
                                      "--weight-decay", "0.5", "--val-set-size", "0.05", "--eval-steps", "6",
-                                     "--resume-from-checkpoint", str(out / "checkpoint-3")], 2, config=LORA)
+                                     "--resume-from-checkpoint", str(out / "checkpoint-3")], 2, config=configs["lora"])
     assert losses(resumed) == losses(rows)[3:]
     mine, theirs = adapter_weights(tmp_path / "B"), adapter_weights(out)
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
-def test_lora_model_dir_starts_from_a_saved_adapter(zero3_run, tmp_path):
+def test_lora_model_dir_starts_from_a_saved_adapter(zero3_run, configs, tmp_path):
     out, _ = zero3_run
     rows = train(tmp_path / "C", [*STEPS, "--max-steps", "1", "--dp-shard-size", "1",
-                                  "--lora-model-dir", str(out / "checkpoint-3")], 1, config=LORA)
+                                  "--lora-model-dir", str(out / "checkpoint-3")], 1, config=configs["lora"])
     [expected] = reference_losses(tmp_path / "C" / "ds_tp" / "run.json", 1, adapter_dir=out / "checkpoint-3")
     fresh = reference_losses(tmp_path / "C" / "ds_tp" / "run.json", 1)
     assert losses(rows)[0] == pytest.approx(expected, abs=1e-5) and abs(expected - fresh[0]) > 1e-3
 
 
-def test_merge_lora_equals_base_plus_adapter(zero3_run, tmp_path):
+def test_merge_lora_equals_base_plus_adapter(zero3_run, configs, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -189,7 +200,7 @@ def test_merge_lora_equals_base_plus_adapter(zero3_run, tmp_path):
 
     out, _ = zero3_run
     plan = PreparedRun.read(out / "ds_tp" / "run.json")
-    result = CliRunner().invoke(main, ["merge-lora", str(LORA), "--output-dir", str(tmp_path / "m"),
+    result = CliRunner().invoke(main, ["merge-lora", str(configs["lora"]), "--output-dir", str(tmp_path / "m"),
                                        "--lora-model-dir", str(out)])
     assert result.exit_code == 0, result.output
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m" / "merged").eval()
@@ -201,3 +212,7 @@ def test_merge_lora_equals_base_plus_adapter(zero3_run, tmp_path):
         after = merged(input_ids=ids).logits
     assert (after - with_adapter).abs().max().item() < 1e-5
     assert (after - before).abs().max().item() > 1e-2  # the adapter changed the model
+    # streamed, tensor by tensor: the same weights as peft's merge_and_unload of the loaded model
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(plan.model_path), out).merge_and_unload()
+    mine, theirs = merged.state_dict(), reference.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)

@@ -203,3 +203,48 @@ def test_tp_cp_groups_stay_inside_a_node_and_ranking_matches_the_reason():
              if r.estimate.layout.tp * r.estimate.layout.cp == 1]
     # shard groups inside one node (8 x 4 as much as 4 x 8) before one spanning 4 nodes
     assert order.index((8, 4)) < order.index((1, 32)) and order.index((4, 8)) < order.index((1, 32))
+
+
+def test_adapter_parameters_match_what_peft_builds():
+    """translators/adapter.py counts LoRA's parameters without peft; peft itself built the tiny Llama's
+    rank-16 adapters on every linear layer with 90,112 parameters (prepare's note, from a meta model)."""
+    from ds_tp.translators.adapter import adapter_params, resolve_adapter
+
+    from ds_tp.assets import TINY_LLAMA_SHAPE
+
+    adapter, _ = resolve_adapter({"adapter": "lora", "lora_r": 16, "lora_alpha": 32, "lora_target_linear": True})
+    shape = ModelShape.from_config({**TINY_LLAMA_SHAPE, "vocab_size": 112})
+    assert adapter_params(adapter, shape, 1).trainable == 90_112
+    two = adapter_params(adapter, shape, 2)  # column layers split B, row layers split A: per TP rank
+    assert 90_112 / 2 < two.trainable < 90_112 and two.frozen_quantizable == 4 * shape.layer_linear_params / 2
+
+
+def test_an_adapter_makes_the_cards_70b_fit_on_8_gpus():
+    """The card's 70B config: full fine-tuning needs ~144 GiB per GPU on 8 x 80 GB; with LoRA only the
+    adapters have gradients and optimizer state, and the frozen bf16 base is ZeRO-3-partitioned."""
+    import yaml
+
+    shape = ModelShape.from_config(PRESETS["llama-3.1-70b"])
+    layout = Layout(1, 4, 2, 1)
+    full = estimate_memory(shape, yaml.safe_load((CARD / "recommended-70b.yaml").read_text()), layout)
+    lora = estimate_memory(shape, yaml.safe_load((CARD / "recommended-70b-lora.yaml").read_text()), layout)
+    assert full.total > 80 * GIB > lora.total
+    assert lora.parameters == pytest.approx(full.parameters, rel=0.01)  # the same bf16 weights, partitioned
+    assert lora.gradients < full.gradients / 100 and lora.optimizer < full.optimizer / 100
+    p = run("plan", CARD / "recommended-70b-lora.yaml", "--gpus", "8", "--gpu-memory", "80")
+    assert p.returncode == 0, p.stderr
+    assert "note: adapter lora:" in p.stdout and "nothing fits" not in p.stdout
+    assert "layouts of 8 GPUs that fit in 80 GiB" in p.stdout
+
+
+def test_qlora_stores_the_linears_in_half_a_byte_and_loads_them_whole():
+    from ds_tp.translators.adapter import QUANT_BYTES
+
+    shape = ModelShape.from_config(PRESETS["llama-3.1-8b"])
+    cfg = dict(LONG, adapter="qlora", load_in_4bit=True, lora_r=8, lora_alpha=16, lora_target_linear=True)
+    est = estimate_memory(shape, cfg, Layout(1, 8, 1, 1))
+    linears = shape.layers * shape.layer_linear_params
+    other = shape.params - linears
+    assert est.load_peak > (linears * QUANT_BYTES["4bit"] + other * 2)  # + the adapters, whole on each rank
+    assert est.parameters == pytest.approx(est.load_peak / 8, rel=1e-6)  # then ZeRO-3 partitions it
+    assert est.total >= est.load_peak + est.overhead and any("loads whole" in n for n in est.notes)
