@@ -270,8 +270,15 @@ def adapter_params(adapter: Adapter, shape, tp: int) -> AdapterParams:
     (column layers split B, row layers split A), plus lora_modules_to_save's trained copies."""
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     h, inter = shape.hidden, shape.intermediate
-    dims = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h), "gate_proj": (h, inter),
-            "up_proj": (h, inter), "down_proj": (inter, h)}
+    dims = {
+        "q_proj": (h, q),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (q, h),
+        "gate_proj": (h, inter),
+        "up_proj": (h, inter),
+        "down_proj": (inter, h),
+    }
     targets = adapter.resolved_targets or adapter.target_modules or []
     assumed = isinstance(targets, str)
     names = set(LINEARS) if adapter.target_linear or assumed else {t.rsplit(".", 1)[-1] for t in targets}

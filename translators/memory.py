@@ -169,8 +169,9 @@ def estimate_memory(
         )
         if run.adapter.quant and zero3:  # bitsandbytes loads the base whole; deepspeed.initialize partitions it
             load_peak = weights
-            notes.append(f"the quantized base loads whole on each rank ({weights / GIB:.1f} GiB) before ZeRO-3 "
-                         "partitions it")
+            notes.append(
+                f"the quantized base loads whole on each rank ({weights / GIB:.1f} GiB) before ZeRO-3 partitions it"
+            )
     hpz = weights / run.hpz_partition_size if run.hpz_partition_size else 0
     if zero3 and fsdp.get("offload_params"):
         params, hpz = 0, 0
