@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("torch", "deepspeed", "transformers", "datasets", "ds-tp")
+PACKAGES = ("torch", "deepspeed", "transformers", "datasets", "peft", "bitsandbytes", "ds-tp")
 ENV_PREFIXES = ("NCCL_", "MASTER_", "OMP_", "HF_")
 SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
 # nvidia-smi's legend: PIX/PXB cross PCIe bridges, PHB a host bridge, NODE host bridges in one NUMA

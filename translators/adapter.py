@@ -152,7 +152,7 @@ def resolve_adapter(cfg: dict) -> tuple[Adapter | None, list[Finding]]:
                 )
             )
     targets = cfg.get("lora_target_modules")
-    if not targets and not cfg.get("lora_target_linear"):
+    if not targets and not cfg.get("lora_target_linear") and not cfg.get("lora_target_parameters"):
         findings.append(
             Finding(
                 ("adapter",),

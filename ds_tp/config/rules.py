@@ -409,8 +409,9 @@ def cross_field(data: dict, bad: set[str]) -> list[Finding]:
         found.append(
             Finding(
                 ("unfrozen_parameters",),
-                "with an adapter the base model is frozen and only the adapter trains",
-                "use lora_modules_to_save to train whole modules next to the adapter",
+                "not implemented with an adapter: Axolotl matches these patterns against the adapter model's "
+                "names ('base_model.model.' first), so they match nothing there and it freezes the adapters too",
+                "with an adapter only the adapter trains; add whole modules with lora_modules_to_save",
             )
         )
     grace = data.get("preemption_grace_period")
