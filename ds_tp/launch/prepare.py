@@ -78,6 +78,18 @@ def check_unfrozen(cfg: Config, hf_config) -> str | None:
             f"(e.g. {trained[0]}); {len(frozen)} are frozen")
 
 
+def check_new_tokens_train(cfg: Config, adapter, tokens: int, hf_config) -> None:
+    """With an adapter, tokens the model has no embedding row for (tokens, new special tokens) get rows that
+    only train when the embeddings and the head are in lora_modules_to_save (Axolotl refuses it too)."""
+    rows = shape_of(hf_config, "").vocab
+    if adapter is None or tokens <= rows or {"embed_tokens", "lm_head"} <= set(adapter.modules_to_save or []):
+        return
+    key = next((k for k in ("tokens", "special_tokens", "added_tokens_overrides") if cfg.values.get(k)), "adapter")
+    raise UserError(Problem(f"the tokenizer has {tokens} tokens and the model {rows} embedding rows: with an adapter "
+                            "the new rows would never train", key=key, where=cfg.where((key,)),
+                            hint="add lora_modules_to_save: [embed_tokens, lm_head] (Axolotl refuses this too)"))
+
+
 def resolve_adapter_targets(cfg: Config, hf_config):
     """The adapter with the modules peft will adapt, found on a meta-device model, and the line saying how
     much trains; (None, None) without an adapter. Targets that match nothing are refused at their key."""
@@ -155,6 +167,7 @@ def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profi
         raise UserError([to_problem(cfg.source, cfg.marks, f) for f in shape_errors])
     trained_note = check_unfrozen(cfg, hf_config)
     adapter, adapter_note = resolve_adapter_targets(cfg, hf_config)
+    check_new_tokens_train(cfg, adapter, len(tokenizer), hf_config)
     prepared = prepare_datasets(values, tokenizer, config_dir=cfg.source.parent)
     global_batch = effective_batch(values["micro_batch_size"], values["gradient_accumulation_steps"], cfg.layout)
     steps_per_epoch, total = schedule(values, prepared.train_rows, global_batch)

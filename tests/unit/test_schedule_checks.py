@@ -15,6 +15,7 @@ from tests.ranks.hf_reference import BASE
 
 
 def prepare(tmp_path, **keys):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({**BASE, **keys}))
     _, _, run_file, _, _ = prepare_training(path, ["--output-dir", str(tmp_path / "out")], 1)
@@ -68,3 +69,16 @@ def test_axolotls_warmup_rule(cfg, total, expected):
     """min(3% of the steps, 100) when neither key is set; floor of the ratio; a single step becomes 2
     (Axolotl's rule, compared with Axolotl's own code in tests/axolotl_diff/test_same_schedule.py)."""
     assert warmup_steps(cfg, total) == expected
+
+
+def test_new_tokens_with_an_adapter_need_the_embeddings_trained(tmp_path):
+    """A special token the tokenizer lacks grows the embeddings; with an adapter those rows only train when
+    embed_tokens and lm_head are in lora_modules_to_save (Axolotl refuses it too)."""
+    lora = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_target_linear": True}
+    many = {"additional_special_tokens": [f"<|extra{i}|>" for i in range(40)]}  # past the padded vocab rows
+    with pytest.raises(UserError) as info:
+        prepare(tmp_path / "a", **lora, special_tokens=many)
+    [problem] = info.value.problems
+    assert problem.key == "special_tokens" and "new rows would never train" in problem.message
+    plan, _ = prepare(tmp_path / "b", **lora, special_tokens=many, lora_modules_to_save=["embed_tokens", "lm_head"])
+    assert plan.resolved.adapter.modules_to_save == ["embed_tokens", "lm_head"]
