@@ -115,21 +115,39 @@ def assets_home() -> Path:
     return Path(os.environ.get("DS_TP_HOME") or "~/.cache/ds_tp").expanduser() / "assets"
 
 
+def built_folder(name: str) -> Path | None:
+    """Where builtin model `name` is (or will be) built, or None for a name that is not builtin."""
+    from ds_tp.families import TINY_FAMILIES, folder_name
+
+    short = name.removeprefix("builtin:")
+    family = short.removeprefix("tiny-") if short.startswith("tiny-") else None
+    if short in BUILTIN_MODELS:
+        return assets_home() / BUILTIN_MODELS[short]
+    return assets_home() / folder_name(family) if family in TINY_FAMILIES else None
+
+
 def resolve_builtin_model(name: str) -> Path:
     """`builtin:tiny-llama` (or `tiny-llama`) -> its local folder, built there on first use. Built in
     a temporary sibling and renamed into place, so ranks or nodes racing to build it are safe: the
     first rename wins and the others use that folder."""
+    from ds_tp.families import TINY_FAMILIES, build_tiny_family, folder_name
+
     short = name.removeprefix("builtin:")
-    if short not in BUILTIN_MODELS:
+    family = short.removeprefix("tiny-") if short.startswith("tiny-") else None
+    if short not in BUILTIN_MODELS and family not in TINY_FAMILIES:
+        known = [*BUILTIN_MODELS, *(f"tiny-{f}" for f in TINY_FAMILIES)]
         raise UserError(Problem(f"unknown builtin model {name!r}", key="base_model",
-                                hint="known: " + ", ".join(f"builtin:{k}" for k in BUILTIN_MODELS)))
-    final = assets_home() / BUILTIN_MODELS[short]
+                                hint="known: " + ", ".join(f"builtin:{k}" for k in known)))
+    final = assets_home() / (BUILTIN_MODELS[short] if short in BUILTIN_MODELS else folder_name(family))
     if (final / "config.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
-        build_tiny_llama(scratch / "model")
+        if short in BUILTIN_MODELS:
+            build_tiny_llama(scratch / "model")
+        else:
+            build_tiny_family(family, scratch / "model")
         try:
             os.rename(scratch / "model", final)
         except OSError:

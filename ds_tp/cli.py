@@ -306,29 +306,8 @@ def _positive(option: str, text: str | None, kind=int):
 
 
 def _plan_model_shape(cfg, preset: str | None) -> tuple[dict, str]:
-    """(config.json-like dict, where it came from). Never asks the hub: hub ids map to presets."""
-    from ds_tp.translators.memory import HUB_PRESETS, PRESETS
-
-    known = "known: " + ", ".join(PRESETS)
-    if preset:
-        if preset not in PRESETS:
-            raise UserError(f"--model-shape: unknown preset {preset!r} ({known})")
-        return PRESETS[preset], f"preset {preset}"
-    base = cfg.values["base_model"]
-    if base.startswith("builtin:"):
-        from ds_tp.assets import resolve_builtin_model
-        folder = resolve_builtin_model(base)
-    else:
-        folder = next((p for p in (Path(base), cfg.source.parent / base) if (p / "config.json").is_file()), None)
-    if folder is None:
-        if base.lower() in HUB_PRESETS:
-            return PRESETS[HUB_PRESETS[base.lower()]], f"preset {HUB_PRESETS[base.lower()]} for {base}"
-        raise UserError(f"{cfg.where(('base_model',))}: base_model: {base!r} is neither a local folder with "
-                        f"config.json nor a known hub model, and plan never downloads (pass --model-shape; {known})")
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")), str(folder / "config.json")
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UserError(f"{folder / 'config.json'}: cannot read the model's shape ({exc})") from None
+    from ds_tp.model_config import planning_shape_source
+    return planning_shape_source(cfg, preset)
 
 
 def _short_layout(layout) -> str:
@@ -374,7 +353,10 @@ def plan(ctx, config, gpus, gpu_memory, gpus_per_node, model_shape, show, plugin
     v = cfg.values
     scale = next((s for s in ((1e9, "B"), (1e6, "M")) if shape.params >= s[0]), (1e3, "K"))
     checkpointing = "on" if v.get("gradient_checkpointing") else "off"
-    out.print(f"model: {shape.params / scale[0]:.2f}{scale[1]} parameters ({source}); {own.precision}, "
+    moe = (f", MoE: {shape.experts} experts, {shape.experts_per_token} a token, "
+           f"{shape.active_params / scale[0]:.2f}{scale[1]} active") if shape.experts else ""
+    tied = ", tied embeddings" if shape.tied else ""
+    out.print(f"model: {shape.params / scale[0]:.2f}{scale[1]} parameters{moe}{tied} ({source}); {own.precision}, "
               f"{v.get('optimizer', 'adamw_torch_fused')}, sequence {v.get('sequence_len')} x micro batch "
               f"{v.get('micro_batch_size')}, gradient checkpointing {checkpointing}")
     table = Table(title=f"config's layout: {layout.product()} (per GPU)")

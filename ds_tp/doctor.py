@@ -177,6 +177,28 @@ def read_topology() -> tuple[list[str], Topology | None]:
     return topology_summary(topo), topo
 
 
+def model_lines(cfg) -> list[str]:
+    """The model's family and shape as ds-tp reads them (MoE experts, tied head) and its TP rule."""
+    from ds_tp.errors import UserError
+    from ds_tp.model_config import planning_shape_source
+    from ds_tp.translators.family_rules import partition_config, tp_problem
+    from ds_tp.translators.model_shape import ModelShape
+
+    try:
+        values, source = planning_shape_source(cfg)
+        shape = ModelShape.from_config(values, source)
+    except UserError as exc:
+        return [f"model: shape not known here ({str(exc).splitlines()[0]})"]
+    moe = f", MoE {shape.experts} experts ({shape.experts_per_token} a token)" if shape.experts else ""
+    size = f"{shape.params / 1e9:.2f}B" if shape.params >= 1e8 else f"{shape.params / 1e6:.2f}M"
+    line = (f"model: {shape.model_type or 'unknown family'}, {size} parameters"
+            f"{moe}{', tied embeddings' if shape.tied else ''} ({source})")
+    why = tp_problem(shape)
+    rule = (f"refused ({why})" if why else "splits by ds-tp's layer specs (translators/family_rules.py)"
+            if partition_config(shape) else "follows the model's HuggingFace tp_plan")
+    return [line, f"model: tensor parallelism {rule}"]
+
+
 def doctor_report(config: Path | None, overrides: list[str], hostfile: Path | None,
                   plugin_modules: tuple = ()) -> list[str]:
     """Every line of the report; raises UserError for a bad CONFIG or hostfile (checked first)."""
@@ -195,6 +217,7 @@ def doctor_report(config: Path | None, overrides: list[str], hostfile: Path | No
     if cfg is not None:
         layout = cfg.layout
         lines.append(f"config: {config}: tp {layout.tp}, cp {layout.cp} ({layout.product()})")
+        lines += model_lines(cfg)
         per_host = hosts or ({"this machine": count} if count else {})
         if not per_host:
             lines.append("config: no GPU here and no --hostfile: TP/CP placement not checked")

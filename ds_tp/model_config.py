@@ -78,3 +78,68 @@ def load_tokenizer(model_path: str, cfg: dict):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # as Axolotl: causal LMs often ship without a pad token
     return tok
+
+
+def model_class(hf_config):
+    """The causal-LM class transformers builds for this config (None for remote code it does not map)."""
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM._model_mapping.get(type(hf_config), None)
+
+
+def choose_attention(hf_config, cfg: dict, cp: int, accelerator: str) -> tuple[str, str | None]:
+    """(the attention implementation the ranks load, a notice or None), decided once before launch: the
+    configured one (attn_implementation, or Axolotl's flash_attention / sdp_attention / eager_attention),
+    else sdpa, else what the model class supports; flash attention only on CUDA. A model class that does
+    not support the wanted one, or context parallelism (Ulysses needs sdpa, flash or flex attention) on a
+    model that only has eager attention, is refused at its key."""
+    cls = model_class(hf_config)
+    supports = {"eager": True, "sdpa": bool(getattr(cls, "_supports_sdpa", True)),
+                "flash_attention_2": bool(getattr(cls, "_supports_flash_attn", True)),
+                "flash_attention_3": bool(getattr(cls, "_supports_flash_attn", True)),
+                "flex_attention": bool(getattr(cls, "_supports_flex_attn", True))}
+    name = cls.__name__ if cls is not None else type(hf_config).__name__
+    usable = [k for k, ok in supports.items() if ok and (accelerator == "cuda" or not k.startswith("flash"))]
+    wanted = cfg.get("attn_implementation")
+    note = None
+    if wanted and wanted.startswith("flash") and accelerator != "cuda":
+        note, wanted = f"attn_implementation {wanted} needs a GPU: sdpa on this {accelerator} run", "sdpa"
+    if wanted and not supports.get(wanted, True):
+        raise UserError(Problem(f"{name} does not support {wanted} attention", key="attn_implementation",
+                                hint="it supports: " + ", ".join(usable)))
+    chosen = wanted or next(k for k in ("sdpa", "flash_attention_2", "eager") if k in usable)
+    if not wanted and chosen != "sdpa":
+        note = f"{name} does not support sdpa attention: {chosen} (it supports {', '.join(usable)})"
+    if cp > 1 and chosen == "eager":
+        raise UserError(Problem(f"context parallelism (Ulysses) needs sdpa, flash or flex attention, and {name} runs "
+                                f"{chosen} here (it supports {', '.join(usable)})", key="context_parallel_size",
+                                hint="on GPUs set attn_implementation: flash_attention_2, or use dp_shard/tp"))
+    return chosen, note
+
+
+def planning_shape_source(cfg, preset: str | None = None) -> tuple[dict, str]:
+    """(config.json-like dict, where it came from) for plan and doctor. Never asks the hub: hub ids map to
+    presets (translators/memory.py: PRESETS)."""
+    import json
+
+    from ds_tp.translators.memory import HUB_PRESETS, PRESETS
+
+    known = "known: " + ", ".join(PRESETS)
+    if preset:
+        if preset not in PRESETS:
+            raise UserError(f"--model-shape: unknown preset {preset!r} ({known})")
+        return PRESETS[preset], f"preset {preset}"
+    base = cfg.values["base_model"]
+    if base.startswith("builtin:"):
+        from ds_tp.assets import resolve_builtin_model
+        folder = resolve_builtin_model(base)
+    else:
+        folder = next((p for p in (Path(base), cfg.source.parent / base) if (p / "config.json").is_file()), None)
+    if folder is None:
+        if base.lower() in HUB_PRESETS:
+            return PRESETS[HUB_PRESETS[base.lower()]], f"preset {HUB_PRESETS[base.lower()]} for {base}"
+        raise UserError(f"{cfg.where(('base_model',))}: base_model: {base!r} is neither a local folder with "
+                        f"config.json nor a known hub model, and plan never downloads (pass --model-shape; {known})")
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")), str(folder / "config.json")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{folder / 'config.json'}: cannot read the model's shape ({exc})") from None

@@ -260,7 +260,7 @@ class AdapterParams:
 
     trainable: float
     frozen_quantizable: float  # the decoder layers' linear weights (bitsandbytes-quantized under QLoRA)
-    frozen_other: float  # embeddings, LM head, norms: kept in the training dtype
+    frozen_other: float  # embeddings, LM head, norms, MoE experts: kept in the training dtype
     assumed_targets: bool = False  # lora_target_modules was a regex: every linear layer counted
 
 
@@ -298,6 +298,8 @@ def adapter_params(adapter: Adapter, shape, tp: int) -> AdapterParams:
     return AdapterParams(
         trainable=layers * per_layer + saved,
         frozen_quantizable=shape.layers * shape.layer_linear_params / tp,
-        frozen_other=shape.layers * 2 * h + shape.embedding_params + head + h,
+        # MoE routed experts are fused 3-D parameters in transformers 5 (not linear layers): bitsandbytes
+        # leaves them in the training dtype, and TP keeps them whole
+        frozen_other=shape.layers * (2 * h + shape.layer_expert_params) + shape.embedding_params + head + h,
         assumed_targets=assumed,
     )

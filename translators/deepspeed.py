@@ -11,6 +11,7 @@ from typing import Any
 
 from ds_tp.errors import Finding
 
+from .family_rules import partition_config
 from .layout import Layout, effective_batch
 from .optimizer import optimizer_block
 from .resolved import ResolvedRun, zero_stage
@@ -88,7 +89,7 @@ def translate(cfg: dict, run: ResolvedRun, facts: TrainFacts | None = None) -> T
     out.set("wall_clock_breakdown", False, "ds-tp", "timers add syncs in the hot loop")
     _precision(run, out)
     _zero(cfg, run, facts, out)
-    _parallel(layout, out)
+    _parallel(layout, run.model, out)
     optimizer_block(cfg, run, out)
     _scheduler(cfg, facts, out)
     _monitors(cfg, out)
@@ -190,9 +191,24 @@ def _zero(cfg: dict, run: ResolvedRun, facts: TrainFacts, out: Translation) -> N
         )
 
 
-def _parallel(layout: Layout, out: Translation) -> None:
+def _parallel(layout: Layout, model, out: Translation) -> None:
     if layout.tp > 1:
         out.set("tensor_parallel.autotp_size", layout.tp, "tensor_parallel_size", "DeepSpeed AutoTP shards linears")
+        out.set(
+            "tensor_parallel.vocab_parallel_lm_head",
+            False,
+            "ds-tp",
+            "a tied head stays whole: ds-tp's loss reads every vocabulary logit",
+        )
+        specs = partition_config(model)
+        if specs is not None:
+            out.set(
+                "tensor_parallel.partition_config",
+                specs,
+                "base_model (its family)",
+                f"ds-tp's AutoTP layer specs for {model.model_type} (translators/family_rules.py): its HF "
+                "tp_plan uses a style DeepSpeed does not implement",
+            )
     if layout.cp > 1:
         out.set("sequence_parallel_size", layout.cp, "context_parallel_size", "Ulysses sequence parallel")
 

@@ -42,15 +42,22 @@ ASSUMED_GPU = {"accelerator": "cuda", "bf16": True, "name": "the planned GPUs"} 
 # Real shapes (the models' config.json), so `plan` never asks the hub.
 # fmt: off
 PRESETS = {
-    "tinyllama-1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+    "tinyllama-1.1b": dict(model_type="llama", hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                            num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False),
-    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    "llama-3.1-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                          num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
-    "llama-3.1-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+    "llama-3.1-70b": dict(model_type="llama", hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
                           num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
-    "llama-3.1-405b": dict(hidden_size=16384, intermediate_size=53248, num_hidden_layers=126,
+    "llama-3.1-405b": dict(model_type="llama", hidden_size=16384, intermediate_size=53248, num_hidden_layers=126,
                            num_attention_heads=128, num_key_value_heads=8, vocab_size=128256,
                            tie_word_embeddings=False),
+    # MoE: 8 experts of 14336, 2 a token (46.7B, 12.9B active); 128 experts of 768, 8 a token (30.5B, 3.3B active)
+    "mixtral-8x7b": dict(model_type="mixtral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False,
+                         num_local_experts=8, num_experts_per_tok=2),
+    "qwen3-30b-a3b": dict(model_type="qwen3_moe", hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
+                          num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
+                          vocab_size=151936, tie_word_embeddings=False, num_experts=128, num_experts_per_tok=8),
 }
 # fmt: on
 HUB_PRESETS = {  # lower-case hub id -> preset
@@ -60,6 +67,8 @@ HUB_PRESETS = {  # lower-case hub id -> preset
         for size in ("8b", "70b", "405b")
         for s in ("", "-instruct")
     },
+    **{f"mistralai/mixtral-8x7b{s}-v0.1": "mixtral-8x7b" for s in ("", "-instruct")},
+    **{f"qwen/qwen3-30b-a3b{s}": "qwen3-30b-a3b" for s in ("", "-base", "-instruct-2507")},
     **{
         f"tinyllama/{name}": "tinyllama-1.1b"
         for name in ("tinyllama-1.1b-chat-v1.0", "tinyllama_v1.1", "tinyllama-1.1b-intermediate-step-1431k-3t")
@@ -119,8 +128,8 @@ def activation_bytes(
         2 * h * norm  # the two norms of a layer (not split by TP)
         + (q + 2 * kv) * e / tp  # q and k after RoPE, v: kept by attention
         + 2 * q * e / tp  # attention output: kept by the kernel and, transposed, by o_proj
-        + 4 * shape.intermediate * e / tp
-    )  # gate, up, silu(gate), silu(gate) * up
+        + 4 * shape.active_mlp * e / tp
+    )  # gate, up, silu(gate), silu(gate) * up (an MoE token's experts: experts_per_token of them)
     layer = tokens * per_token
     if attn == "eager":  # the softmax probabilities, heads / (tp x cp) over the whole sequence
         layer += micro * shape.heads / (tp * cp) * seq * seq * e
@@ -180,7 +189,10 @@ def estimate_memory(
         live = per_rank  # nothing is released between forward and backward
         notes.append("reshard_after_forward: false keeps every gathered weight")
     elif zero3:  # the module in use (the embedding is gathered whole) + the prefetch bucket (0.9 h^2)
-        live = max(shape.embedding_params, shape.layer_linear_params / layout.tp) + 0.9 * shape.hidden**2
+        live = (
+            max(shape.embedding_params, shape.layer_linear_params / layout.tp + shape.layer_expert_params)
+            + 0.9 * shape.hidden**2
+        )
     else:
         live = 0
     buffers = live * w + (shape.hidden**2 * g if zero3 else 0)

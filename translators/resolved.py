@@ -102,6 +102,7 @@ class ResolvedRun:
     model: ModelShape | None = None
     adapter: Adapter | None = None  # LoRA / QLoRA: the base is frozen and only the adapter trains
     reduce_scatter: bool = True  # zero_optimization.reduce_scatter (DeepSpeed's default; a user's JSON may turn it off)
+    attention: str | None = None  # the attention implementation the ranks load (decided before launch)
 
     @property
     def world(self) -> int:
@@ -191,6 +192,7 @@ class ResolvedRun:
             model=ModelShape(**model) if model else None,
             adapter=Adapter(**data["adapter"]) if data.get("adapter") else None,
             reduce_scatter=data.get("reduce_scatter", True),
+            attention=data.get("attention"),
         )
 
 

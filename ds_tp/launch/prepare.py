@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ds_tp.config import Config, to_problem
 from ds_tp.errors import Problem, UserError
-from ds_tp.model_config import load_model_config, load_tokenizer, resolve_model_path, shape_of
+from ds_tp.model_config import choose_attention, load_model_config, load_tokenizer, resolve_model_path, shape_of
 from ds_tp.runfiles import ADAPTER_FILES, CHECKPOINT_PREFIX, LATEST, METRICS, MODEL_FILES, RUN_DIR, PreparedRun
 from ds_tp.translators.model_shape import embedding_rows
 
@@ -167,6 +167,10 @@ def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profi
         raise UserError([to_problem(cfg.source, cfg.marks, f) for f in shape_errors])
     trained_note = check_unfrozen(cfg, hf_config)
     adapter, adapter_note = resolve_adapter_targets(cfg, hf_config)
+    try:
+        attention, attention_note = choose_attention(hf_config, values, cfg.layout.cp, device.get("accelerator", "cpu"))
+    except UserError as exc:  # at the key's line in the YAML (or the flag that set it)
+        raise UserError([dataclasses.replace(p, where=p.where or cfg.where((p.key,))) for p in exc.problems]) from None
     check_new_tokens_train(cfg, adapter, len(tokenizer), hf_config)
     prepared = prepare_datasets(values, tokenizer, config_dir=cfg.source.parent)
     global_batch = effective_batch(values["micro_batch_size"], values["gradient_accumulation_steps"], cfg.layout)
@@ -175,12 +179,13 @@ def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profi
     translation, _ = build_ds_config(cfg, device, facts, model=shape)
     assert translation.run is not None
     run = translation.run.with_adapter(adapter) if adapter else translation.run
+    run = dataclasses.replace(run, attention=attention)
     lr_schedule = check_optimizer_and_schedule(cfg, total, own_schedule="scheduler" in translation.config)
     logging_steps = values.get("logging_steps") or max(min(int(0.005 * total), 10), 1)
     notes = [f"{prepared.train_rows} training rows ({'cached' if prepared.cache_hit else 'prepared'} in "
              f"{prepared.path}), {prepared.dropped_long} dropped as longer than sequence_len"
              + (f", {prepared.dropped_untrained} with no trained token" if prepared.dropped_untrained else "")]
-    notes += [note for note in (resized_note, trained_note, adapter_note) if note]
+    notes += [note for note in (resized_note, trained_note, adapter_note, attention_note) if note]
     return PreparedRun(config=values, run=run.to_dict(), ds_config=translation.config,
                        model_path=model_path, prepared_path=str(prepared.path), output_dir=str(output_dir),
                        train_rows=prepared.train_rows, eval_rows=prepared.eval_rows, global_batch=global_batch,

@@ -54,11 +54,12 @@ def attach_sequence_parallel(mesh: Mesh, plan, run, attn: str, micro: int, seq_l
         return
     from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
 
-    source = plan.model_path
+    from ds_tp.train.mesh_tp_cp import install_tp_cp_groups, per_tp_rank_config
     if mesh.layout.tp > 1:
-        from ds_tp.train.mesh_tp_cp import install_tp_cp_groups, per_tp_rank_config
         install_tp_cp_groups(mesh.layout, mesh.rank)
-        source = per_tp_rank_config(plan.model_path, plan.config, run.model, mesh.layout.tp, attn)
+    # Ulysses sizes its all-to-all from the config's heads and head_dim: ds-tp's ModelShape gives both
+    # (some configs leave head_dim unset, e.g. Mixtral's), per TP rank under TP x CP
+    source = per_tp_rank_config(plan.model_path, plan.config, run.model, mesh.layout.tp, attn)
 
     mesh.mpu = UlyssesSPAttentionHF.register_with_transformers(
         model_name_or_path=source, core_attn_implementation=attn, sequence_parallel_size=mesh.layout.cp,

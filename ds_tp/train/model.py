@@ -7,8 +7,10 @@ from ds_tp.train.mesh import Mesh
 from ds_tp.translators.trainable import trainable_matcher
 
 
-def attention_for(cfg: dict, accelerator: str, log) -> str:
-    attn = cfg.get("attn_implementation") or "sdpa"
+def attention_for(cfg: dict, accelerator: str, log, decided: str | None = None) -> str:
+    """The attention decided before launch (model_config.choose_attention), with this rank's own fallback
+    when flash attention is not installed here."""
+    attn = decided or cfg.get("attn_implementation") or "sdpa"
     if attn.startswith("flash_attention") and accelerator != "cuda":
         log(f"attn_implementation {attn} needs a GPU: using sdpa on this {accelerator} run")
         return "sdpa"

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     plugins = load_plugins(plan.plugin_modules)
     call_hook(plugins, "pre_model_load", cfg)
     apply_liger(cfg, device["accelerator"], log)
-    attn = attention_for(cfg, device["accelerator"], log)
+    attn = attention_for(cfg, device["accelerator"], log, run.attention)
     if layout.cp > 1 and attn == "sdpa":
         from ds_tp.train.attention import register_packed_sdpa
         attn = register_packed_sdpa()

@@ -30,37 +30,41 @@ BASE = {
 }
 
 
-def prepare(folder: Path, name: str, config: dict, shared: Path) -> Path:
-    """Write the case's YAML and prepare its run (data cached in `shared`); the run file's path."""
+def prepare(folder: Path, name: str, config: dict, shared: Path, world: int = 1) -> Path:
+    """Write the case's YAML and prepare its run for `world` ranks (data cached in `shared`); the run file."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     out = folder / name
     _, _, plan_path, _, _ = prepare_training(path, ["--output-dir", str(out), "--dataset-prepared-path",
-                                                    str(shared)], 1)
+                                                    str(shared)], world)
     return Path(plan_path)
 
 
 def _train_each(run_files: list[str]) -> None:
     """Rank 0 of a world of 1: train every prepared run in turn; a failing run leaves its traceback in
     output_dir/ds_tp/failed.txt and the others still run."""
+    import os
+
     from ds_tp.train.worker import main as worker_main
+    rank = int(os.environ.get("RANK", 0))
     for run_file in run_files:
         try:
             worker_main(["--run-file", run_file])
         except Exception:  # noqa: BLE001 - recorded for the case's own test
-            Path(run_file).with_name("failed.txt").write_text(traceback.format_exc())
+            Path(run_file).with_name(f"failed-{rank}.txt" if rank else "failed.txt").write_text(traceback.format_exc())
 
 
-def train_all(run_files: list[Path], timeout: float = 900) -> None:
-    run_ranks(_train_each, 1, [str(p) for p in run_files], timeout=timeout)
+def train_all(run_files: list[Path], timeout: float = 900, world: int = 1) -> None:
+    """Train every prepared run in turn in one spawned group of `world` ranks (all runs of one world size)."""
+    run_ranks(_train_each, world, [str(p) for p in run_files], timeout=timeout)
 
 
 def ds_tp_rows(run_file: Path) -> tuple[list[dict], list[dict]]:
     """(training rows, eval rows) of ds-tp's metrics.jsonl; a failed run raises with its traceback."""
-    failed = run_file.with_name("failed.txt")
-    if failed.exists():
-        raise AssertionError("ds-tp's run failed:\n" + failed.read_text())
+    failed = sorted(run_file.parent.glob("failed*.txt"))
+    if failed:
+        raise AssertionError("ds-tp's run failed:\n" + "\n".join(f.read_text() for f in failed))
     out = Path(PreparedRun.read(run_file).output_dir)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if "loss" in r], [r for r in rows if "eval_loss" in r]

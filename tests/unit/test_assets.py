@@ -69,5 +69,6 @@ def test_resolve_builtin_model_builds_once(tmp_path, monkeypatch):
 def test_unknown_builtin_lists_known():
     with pytest.raises(UserError) as caught:
         resolve_builtin_model("builtin:huge-llama")
-    assert str(caught.value) == ("base_model: unknown builtin model 'builtin:huge-llama' "
-                                 "(known: builtin:tiny-llama)")
+    assert str(caught.value).startswith("base_model: unknown builtin model 'builtin:huge-llama' "
+                                        "(known: builtin:tiny-llama, builtin:tiny-mistral, ")
+    assert "builtin:tiny-qwen3-moe" in str(caught.value)

@@ -130,3 +130,17 @@ def test_doctor_user_errors_are_one_line(tmp_path):
     p = run("doctor", "--max-steps", "2")
     assert p.returncode == 2
     assert p.stderr.strip() == "error: command line: --max-steps: overrides need a CONFIG before them"
+
+
+def test_doctor_names_the_family_and_its_tensor_parallel_rule(write_config):
+    from ds_tp.doctor import doctor_report
+
+    path = write_config("base_model: builtin:tiny-qwen3-moe\nlearning_rate: 1e-3\nmicro_batch_size: 1\n"
+                        "gradient_accumulation_steps: 1\n")
+    lines = [x for x in doctor_report(path, [], None) if x.startswith("model:")]
+    assert lines[0].startswith("model: qwen3_moe, 0.14M parameters, MoE 4 experts (2 a token)")
+    assert lines[1] == "model: tensor parallelism follows the model's HuggingFace tp_plan"
+    gpt = write_config("base_model: builtin:tiny-gpt-oss\nlearning_rate: 1e-3\nmicro_batch_size: 1\n"
+                       "gradient_accumulation_steps: 1\n", "g.yaml")
+    assert any(x.startswith("model: tensor parallelism refused (gpt_oss models cannot be split")
+               for x in doctor_report(gpt, [], None))
