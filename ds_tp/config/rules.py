@@ -453,6 +453,7 @@ def model_shape_checks(data: dict, layout, config_dir: Path) -> list[Finding]:
     candidates = [Path(base), config_dir / base]
     if base.startswith("builtin:"):  # already built (validate never builds one: that needs torch)
         from ds_tp.assets import built_folder
+
         candidates.insert(0, built_folder(base))
     path = next((p for p in candidates if p is not None and (p / "config.json").is_file()), None)
     if path is None:
@@ -476,5 +477,7 @@ def model_shape_checks(data: dict, layout, config_dir: Path) -> list[Finding]:
 def shape_findings(shape: ModelShape, layout) -> list[Finding]:
     """The model's dimensions against tp and cp (ModelShape.layout_problems), at the layout key at fault."""
     hints = {"tensor_parallel_size": "choose a tp that divides it", "context_parallel_size": ""}
-    return [Finding((key,), why, hints[key] if "divisible" in why else "use dp_shard_size or context_parallel_size")
-            for key, why in shape.layout_problems(layout.tp, layout.cp)]
+    return [
+        Finding((key,), why, hints[key] if "divisible" in why else "use dp_shard_size or context_parallel_size")
+        for key, why in shape.layout_problems(layout.tp, layout.cp)
+    ]
