@@ -454,8 +454,9 @@ def model_shape_checks(data: dict, layout, config_dir: Path) -> list[Finding]:
     if base.startswith("builtin:"):  # already built (validate never builds one: that needs torch)
         from ds_tp.assets import built_folder
 
-        candidates.insert(0, built_folder(base))
-    path = next((p for p in candidates if p is not None and (p / "config.json").is_file()), None)
+        built = built_folder(base)
+        candidates = [built] if built is not None else []
+    path = next((p for p in candidates if (p / "config.json").is_file()), None)
     if path is None:
         return [
             Finding(
