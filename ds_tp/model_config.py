@@ -143,3 +143,21 @@ def planning_shape_source(cfg, preset: str | None = None) -> tuple[dict, str]:
         return json.loads((folder / "config.json").read_text(encoding="utf-8")), str(folder / "config.json")
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"{folder / 'config.json'}: cannot read the model's shape ({exc})") from None
+
+
+def tp_plan_problem(hf_config, shape: ModelShape) -> str | None:
+    """Why DeepSpeed's AutoTP cannot follow this model's HuggingFace tp_plan (a style it does not implement)
+    when ds-tp has no rule of its own for the family (translators/family_rules.py), or None."""
+    from ds_tp.translators.family_rules import partition_config
+    if partition_config(shape) is not None:
+        return None
+    from deepspeed.module_inject.tp_plan_converter import SUPPORTED_STYLES
+
+    cls = model_class(hf_config)
+    text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    plan = {**(getattr(text, "base_model_tp_plan", None) or {}), **(getattr(cls, "_tp_plan", None) or {})}
+    odd = sorted({style for style in plan.values() if str(style).lower() not in SUPPORTED_STYLES})
+    if not odd:
+        return None
+    return (f"{shape.model_type or type(hf_config).__name__}'s tensor-parallel plan uses {', '.join(odd)}, which "
+            "DeepSpeed's AutoTP does not implement, and ds-tp has no rule of its own for this family")

@@ -478,7 +478,17 @@ def model_shape_checks(data: dict, layout, config_dir: Path) -> list[Finding]:
 def shape_findings(shape: ModelShape, layout) -> list[Finding]:
     """The model's dimensions against tp and cp (ModelShape.layout_problems), at the layout key at fault."""
     hints = {"tensor_parallel_size": "choose a tp that divides it", "context_parallel_size": ""}
-    return [
+    found = [
         Finding((key,), why, hints[key] if "divisible" in why else "use dp_shard_size or context_parallel_size")
         for key, why in shape.layout_problems(layout.tp, layout.cp)
     ]
+    if shape.experts and layout.tp > 1 and not found:
+        found.append(
+            Finding(
+                ("tensor_parallel_size",),
+                f"the {shape.experts} MoE experts of each layer stay whole on every TP rank (AutoTP splits "
+                "attention and dense MLPs); dp_shard_size (ZeRO-3) shards them",
+                level="notice",
+            )
+        )
+    return found

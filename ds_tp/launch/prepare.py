@@ -9,7 +9,14 @@ from pathlib import Path
 
 from ds_tp.config import Config, to_problem
 from ds_tp.errors import Problem, UserError
-from ds_tp.model_config import choose_attention, load_model_config, load_tokenizer, resolve_model_path, shape_of
+from ds_tp.model_config import (
+    choose_attention,
+    load_model_config,
+    load_tokenizer,
+    resolve_model_path,
+    shape_of,
+    tp_plan_problem,
+)
 from ds_tp.runfiles import ADAPTER_FILES, CHECKPOINT_PREFIX, LATEST, METRICS, MODEL_FILES, RUN_DIR, PreparedRun
 from ds_tp.translators.model_shape import embedding_rows
 
@@ -162,11 +169,18 @@ def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profi
                         "tokens" + (", rounded up to a multiple of 32)" if values.get("resize_token_embeddings_to_32x")
                                     else ")"))
         shape = dataclasses.replace(shape, vocab=rows)
-    shape_errors = shape_findings(shape, cfg.layout)
+    shape_checks = shape_findings(shape, cfg.layout)
+    shape_errors = [f for f in shape_checks if f.level == "error"]
     if shape_errors:
         raise UserError([to_problem(cfg.source, cfg.marks, f) for f in shape_errors])
+    shape_notes = [f"{f.path[0]}: {f.message}" for f in shape_checks if f.level != "error"]
     trained_note = check_unfrozen(cfg, hf_config)
     adapter, adapter_note = resolve_adapter_targets(cfg, hf_config)
+    if cfg.layout.tp > 1:
+        why = tp_plan_problem(hf_config, shape)
+        if why:
+            raise UserError(Problem(why, key="tensor_parallel_size", where=cfg.where(("tensor_parallel_size",)),
+                                    hint="use dp_shard_size or context_parallel_size"))
     try:
         attention, attention_note = choose_attention(hf_config, values, cfg.layout.cp, device.get("accelerator", "cpu"))
     except UserError as exc:  # at the key's line in the YAML (or the flag that set it)
@@ -185,7 +199,7 @@ def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profi
     notes = [f"{prepared.train_rows} training rows ({'cached' if prepared.cache_hit else 'prepared'} in "
              f"{prepared.path}), {prepared.dropped_long} dropped as longer than sequence_len"
              + (f", {prepared.dropped_untrained} with no trained token" if prepared.dropped_untrained else "")]
-    notes += [note for note in (resized_note, trained_note, adapter_note, attention_note) if note]
+    notes += [note for note in (resized_note, trained_note, adapter_note, attention_note, *shape_notes) if note]
     return PreparedRun(config=values, run=run.to_dict(), ds_config=translation.config,
                        model_path=model_path, prepared_path=str(prepared.path), output_dir=str(output_dir),
                        train_rows=prepared.train_rows, eval_rows=prepared.eval_rows, global_batch=global_batch,

@@ -97,3 +97,30 @@ def test_attention_is_one_the_family_supports(family, wanted, cp, chosen, says):
         return
     attn, note = choose_attention(hf_config, cfg, cp, "cpu")
     assert attn == chosen and (note is None if says is None else says in note)
+
+
+def test_tp_on_an_moe_model_says_the_experts_stay_whole(tmp_path):
+    from ds_tp.config import load_config
+
+    resolve_builtin_model("builtin:tiny-mixtral")  # validate reads a builtin model's config once it is built
+    path = tmp_path / "c.yaml"
+    path.write_text("base_model: builtin:tiny-mixtral\nlearning_rate: 1e-3\nmicro_batch_size: 1\n"
+                    "gradient_accumulation_steps: 1\ntensor_parallel_size: 2\n")
+    notices = [str(n) for n in load_config(path, (), 2).notices]
+    assert any("tensor_parallel_size: the 4 MoE experts of each layer stay whole on every TP rank" in n
+               for n in notices), notices
+
+
+def test_a_tp_plan_deepspeed_cannot_apply_is_refused_before_launch():
+    """A family ds-tp has no rule for, whose HF tp_plan uses a style AutoTP lacks, is refused at prepare
+    (before any rank would fail on it); families with ds-tp's own specs or plain plans are not."""
+    from transformers import AutoConfig
+
+    from ds_tp.model_config import shape_of, tp_plan_problem
+
+    deepseek = AutoConfig.for_model("deepseek_v3")
+    assert "uses mla_kv_a_proj, which DeepSpeed's AutoTP does not implement" in tp_plan_problem(
+        deepseek, shape_of(deepseek))
+    for model_type in ("llama", "phi3", "glm4", "olmo2"):
+        config = AutoConfig.for_model(model_type)
+        assert tp_plan_problem(config, shape_of(config)) is None, model_type
