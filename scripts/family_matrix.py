@@ -42,25 +42,13 @@ def main() -> int:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from ds_tp.errors import UserError
     from ds_tp.runfiles import PreparedRun
-    from tests.ranks.hf_reference import ds_tp_rows, prepare, train_all
-    from tests.ranks.test_families import FAMILIES, LAYOUTS, config
+    from tests.ranks.hf_reference import ds_tp_rows
+    from tests.ranks.test_families import FAMILIES, prepare_cells, train_cells
 
     work = Path(tempfile.mkdtemp(prefix="ds-tp-families-"))
-    cells: dict = {}
-    for family in FAMILIES:
-        for layout in LAYOUTS:
-            try:
-                cells[family, layout] = prepare(work / family, layout, config(family, layout), work / "prepared",
-                                                1 if layout == "one" else 2)
-            except UserError as exc:
-                cells[family, layout] = exc
-    logs = {}
-    for layout, world in (("one", 1), ("dp_shard2", 2), ("tp2", 2)):
-        runs = [cells[f, layout] for f in FAMILIES if isinstance(cells[f, layout], Path)]
-        logs[layout] = captured(train_all, runs, 1200, world)
-    for family in FAMILIES:
-        if isinstance(cells[family, "cp2"], Path):
-            train_all([cells[family, "cp2"]], 300, 2)
+    cells = prepare_cells(work)
+    logs: dict = {}
+    train_cells(cells, around=lambda layout, fn: logs.__setitem__(layout, captured(fn)))
 
     rows, trained, total = [], 0, 0
     for family in FAMILIES:

@@ -46,10 +46,8 @@ def config(family: str, layout: str) -> dict:
     return {**BASE, **SGD, **LAYOUTS[layout], "base_model": base_model(family)}
 
 
-@pytest.fixture(scope="module")
-def matrix(tmp_path_factory) -> dict:
-    """(family, layout) -> the run file, or the UserError that refused it before launch."""
-    folder = tmp_path_factory.mktemp("families")
+def prepare_cells(folder: Path) -> dict:
+    """(family, layout) -> the prepared run file, or the UserError that refused it before launch."""
     cells: dict = {}
     for family in FAMILIES:
         for layout in LAYOUTS:
@@ -58,12 +56,24 @@ def matrix(tmp_path_factory) -> dict:
                                                 1 if layout == "one" else 2)
             except UserError as exc:
                 cells[family, layout] = exc
+    return cells
+
+
+def train_cells(cells: dict, around=lambda layout, fn: fn()) -> None:
+    """Train every prepared cell; around(layout, fn) wraps each layout's training (scripts capture logs)."""
     for layout, world in (("one", 1), ("dp_shard2", 2), ("tp2", 2)):
         runs = [cells[f, layout] for f in FAMILIES if isinstance(cells[f, layout], Path)]
-        train_all(runs, timeout=1200, world=world)
+        around(layout, lambda: train_all(runs, timeout=1200, world=world))
     for family in FAMILIES:  # Ulysses initialises its groups once per process: one process group per run
         if isinstance(cells[family, "cp2"], Path):
             train_all([cells[family, "cp2"]], timeout=300, world=2)
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory) -> dict:
+    """(family, layout) -> the run file, or the UserError that refused it before launch."""
+    cells = prepare_cells(tmp_path_factory.mktemp("families"))
+    train_cells(cells)
     return cells
 
 
