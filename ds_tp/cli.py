@@ -147,8 +147,8 @@ def translate(ctx, config, world_size, num_processes, num_machines, hostfile, ou
 @click.option("--num-machines", type=click.IntRange(min=1), default=1, show_default=True,
               help="Machines; with --machine-rank, run the same command once on each.")
 @click.option("--machine-rank", type=click.IntRange(min=0), help="This machine's rank (0 = the main process's).")
-@click.option("--main-process-ip", help="Address of machine rank 0 (default 127.0.0.1; with --hostfile, the "
-              "first host's own address as DeepSpeed finds it).")
+@click.option("--main-process-ip", help="Address of machine rank 0 (needed with --machine-rank; with --hostfile "
+              "the first host's own address, `hostname -I` over ssh, by default; else 127.0.0.1).")
 @click.option("--main-process-port", type=click.IntRange(1, 65535), help="Master port (default: a free one).")
 @click.option("--hostfile", type=click.Path(path_type=Path), help="DeepSpeed hostfile (`host slots=N`): "
               "launch every host from here through the runner.")
@@ -164,10 +164,14 @@ def translate(ctx, config, world_size, num_processes, num_machines, hostfile, ou
 @user_errors
 def train(ctx, config, num_processes, launcher, num_machines, machine_rank, main_process_ip, main_process_port,
           hostfile, multinode_runner, use_profiler, overwrite, dry_run, print_command, target_device, plugin_modules):
-    """Train CONFIG: prepare data here, then launch ranks with the deepspeed launcher (or torchrun)."""
-    from ds_tp.launch.command import LaunchSpec, free_port, launcher_command, rank_environment
-    from ds_tp.launch.run import run_launcher
-    from ds_tp.launch.train import carry_environment, format_command, prepare_training
+    """Train CONFIG: prepare data here, then launch ranks with the deepspeed launcher (or torchrun).
+
+    Cheap checks (flags, layout, hostfile, ports) come before data preparation; --dry-run and
+    --print-command remove nothing; --overwrite moves the old run aside until the new one has started."""
+    import os
+
+    from ds_tp.launch.command import LaunchSpec, free_port
+    from ds_tp.launch.train import launch, plan_training, print_launch
     from ds_tp.launch.train import target_device as resolve_target
 
     if launcher == "accelerate":
@@ -177,53 +181,31 @@ def train(ctx, config, num_processes, launcher, num_machines, machine_rank, main
     if hostfile:
         from ds_tp.launch.hostfile import parse_hostfile
         hosts = parse_hostfile(hostfile)
-    import os
-    device = resolve_target(target_device, hosts, hostfile, multinode_runner, dict(os.environ), _err)
+    per_node = num_machines > 1 and machine_rank is not None
     spec = LaunchSpec(launcher=launcher, world=0, num_machines=num_machines, machine_rank=machine_rank,
-                      master_addr=main_process_ip or (None if hostfile else "127.0.0.1"),
+                      master_addr=main_process_ip or (None if hostfile or per_node else "127.0.0.1"),
                       master_port=main_process_port or 0,
                       hostfile=str(hostfile.resolve()) if hostfile else None, runner=multinode_runner)
-    cfg, prepared, run_path, world, device = prepare_training(
-        config, ctx.args, num_processes, use_profiler=use_profiler, overwrite=overwrite, notify=_print_findings,
+    spec.check()  # the flags alone, before probing hosts or reading data
+    device = resolve_target(target_device, hosts, hostfile, multinode_runner, dict(os.environ), _err)
+    if hosts and multinode_runner == "pdsh" and not main_process_ip:
+        from ds_tp.launch.ssh_check import first_host_address
+        spec.master_addr = first_host_address(hostfile, hosts[0], dict(os.environ))
+
+    def with_world(cfg) -> None:  # the config is loaded: check the launch for its world, then prepare data
+        _print_findings(cfg)
+        spec.world = cfg.layout.world
+        spec.check()
+
+    cfg, prepared, world, device = plan_training(
+        config, ctx.args, num_processes, use_profiler=use_profiler, overwrite=overwrite, notify=with_world,
         machine_rank=machine_rank or 0, hostfile=hostfile, hosts=hosts, plugin_modules=plugin_modules,
         device=device)
-    spec.world = world
-    spec.check()
-    if not spec.master_port:
-        if num_machines > 1 and machine_rank is not None:
-            raise UserError("command line: --main-process-port is needed when each machine is launched on its own")
-        spec.master_port = free_port()
-    cmd = launcher_command(spec, str(run_path.resolve()), run_path.parent)
-    _err(f"ds-tp: {cfg.layout.product()}; {prepared.total_steps} steps of {prepared.global_batch} sequences "
-         f"({prepared.steps_per_epoch} per epoch); run file {run_path}")
+    spec.master_port = spec.master_port or free_port()
     if dry_run or print_command:
-        if dry_run:
-            from ds_tp.launch.dry_run import print_dry_run
-            print_dry_run(prepared)
-        click.echo(format_command(cmd))
+        print_launch(cfg, prepared, spec, dry_run, machine_rank or 0, overwrite)
         return
-    env = rank_environment(spec.per_node, device["accelerator"])
-    if hostfile:
-        env["DS_ENV_FILE"] = str(carry_environment(env, run_path.parent))
-    from ds_tp.launch.watch import RankWatcher
-    from ds_tp.train.preempt import EXIT_PREEMPTED, clear_marker, read_marker
-    watcher = RankWatcher(prepared.output_dir, clear=not machine_rank)
-    clear_marker(prepared.output_dir)
-    code = run_launcher(cmd, env, watcher)
-    watcher.wait_for_ranks(timeout=60)
-    stopped = read_marker(prepared.output_dir)
-    if stopped:
-        saved = (f"saved {stopped['checkpoint']}" if not stopped.get("why_not_saved") else
-                 f"no checkpoint saved ({stopped['why_not_saved']}); "
-                 + (f"the last one is {stopped['checkpoint']}" if stopped["checkpoint"] else "there is none yet"))
-        _err(f"ds-tp: stopped by {stopped['signal'] or 'a signal'} after step {stopped['step']}; {saved}; "
-             "continue with --auto-resume-from-checkpoints")
-        sys.exit(EXIT_PREEMPTED)
-    if code != 0:
-        first = watcher.describe()
-        _err(f"ds-tp: training failed (launcher exit code {code})" + (f": {first}" if first else
-                                                                       "; see the rank output above"))
-        sys.exit(code if 0 < code < 256 else 1)
+    launch(cfg, prepared, spec, device, machine_rank or 0, overwrite)
 
 
 @main.command(context_settings=PASS_THROUGH)

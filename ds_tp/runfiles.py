@@ -64,6 +64,15 @@ def existing_checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: checkpoint_step(p) or 0)
 
 
+def run_files(output_dir: Path) -> list[Path]:
+    """What a run leaves in output_dir (the names above): what --overwrite replaces and what marks a run."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    return [p for p in output_dir.iterdir() if p.name.startswith((CHECKPOINT_PREFIX, TMP_SAVE_PREFIX))
+            or p.name in (METRICS, LATEST, RUN_DIR, *MODEL_FILES, *ADAPTER_FILES)]
+
+
 def write_state(checkpoint: Path, state: dict) -> None:
     (checkpoint / STATE_FILE).write_text(json.dumps({"format": STATE_FORMAT, **state}, indent=1))
 

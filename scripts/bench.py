@@ -44,6 +44,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -286,7 +287,8 @@ def parent(args) -> int:
     lora = LORA if args.lora else None
     write_config(config, model=work / "model", data=data, work=work, run=run, deepspeed=override, lora=lora)
     # The real front end: schema, layout, data preparation, plan and DeepSpeed JSON, as `ds-tp train`.
-    cfg, plan, plan_path, world, _ = prepare_training(config, [], 1, overwrite=True)
+    shutil.rmtree(work / "out-ds_tp", ignore_errors=True)  # the bench's own folder: a fresh run each time
+    cfg, plan, plan_path, world, _ = prepare_training(config, [], 1)
     ds_json = json.loads((Path(plan.output_dir) / "ds_tp" / "deepspeed_config.json").read_text())
     print(f"[bench] ds-tp's DeepSpeed JSON (world {world}, ZeRO stage "
           f"{ds_json.get('zero_optimization', {}).get('stage')}, {plan.resolved.precision.name}): {json.dumps(ds_json)}", flush=True)

@@ -31,7 +31,7 @@ class LaunchSpec:
     world: int
     num_machines: int = 1
     machine_rank: int | None = None
-    master_addr: str | None = "127.0.0.1"  # None with a hostfile: DeepSpeed asks the first host
+    master_addr: str | None = "127.0.0.1"  # None with a hostfile: DeepSpeed asks the first host; per-node: required
     master_port: int = 0
     hostfile: str | None = None  # the user's, for the runner's own multi-node launch
     runner: str = "pdsh"
@@ -48,6 +48,13 @@ class LaunchSpec:
         if self.num_machines > 1 and self.machine_rank is None and not self.hostfile:
             raise UserError(Problem("--num-machines > 1 needs --machine-rank (run once per node) or --hostfile",
                                     where="command line"))
+        if self.num_machines > 1 and self.machine_rank is not None and not self.master_addr:
+            raise UserError(Problem(f"--num-machines {self.num_machines} with --machine-rank needs --main-process-ip, "
+                                    "the address of machine rank 0: without it every node would wait on its own "
+                                    "127.0.0.1 until the 30 min timeout", where="command line"))
+        if self.num_machines > 1 and self.machine_rank is not None and not self.master_port:
+            raise UserError(Problem("--main-process-port is needed when each machine is launched on its own (every "
+                                    "node must name the same port)", where="command line"))
         if self.machine_rank is not None and not 0 <= self.machine_rank < self.num_machines:
             raise UserError(Problem(f"--machine-rank {self.machine_rank} is outside 0..{self.num_machines - 1}",
                                     where="command line"))

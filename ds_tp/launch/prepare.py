@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 from pathlib import Path
 
 from ds_tp.config import Config, to_problem
@@ -17,33 +16,26 @@ from ds_tp.model_config import (
     shape_of,
     tp_plan_problem,
 )
-from ds_tp.runfiles import ADAPTER_FILES, CHECKPOINT_PREFIX, LATEST, METRICS, MODEL_FILES, RUN_DIR, PreparedRun
+from ds_tp.runfiles import PreparedRun, run_files
 from ds_tp.translators.model_shape import embedding_rows
 
 
 def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
-    """Refuse to write over another run's results unless resuming or told to (--overwrite)."""
+    """Refuse to write over another run's results unless resuming or told to (--overwrite). Nothing is
+    removed here: with --overwrite the launch moves the old run aside (launch/replace.py)."""
     if not output_dir.exists():
         return
     if not output_dir.is_dir():
         raise UserError(Problem(f"{output_dir} exists and is not a folder", key="output_dir"))
-    ours = [p for p in output_dir.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) or p.name in
-            (METRICS, LATEST, RUN_DIR, *MODEL_FILES, *ADAPTER_FILES)]
+    ours = run_files(output_dir)
     links = [p.name for p in ours if p.is_symlink()]
     if links:  # writes into them would land outside output_dir
         raise UserError(Problem(f"{output_dir} holds symlinks where ds-tp writes ({', '.join(sorted(links))})",
                                 key="output_dir", hint="ds-tp never writes through symlinks: remove them"))
-    if not ours or resuming:
-        return
-    if not overwrite:
+    if ours and not resuming and not overwrite:
         raise UserError(Problem(f"{output_dir} already holds a run ({', '.join(sorted(p.name for p in ours)[:3])}"
                                 "...)", key="output_dir", hint="pass --auto-resume-from-checkpoints to continue it, "
                                 "--overwrite to replace it, or choose another --output-dir"))
-    for path in ours:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
 
 
 def schedule(cfg: dict, train_rows: int, global_batch: int) -> tuple[int, int]:

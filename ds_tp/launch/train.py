@@ -1,9 +1,15 @@
-"""`ds-tp train` in the launching process: hosts and device -> config -> prepared run -> launcher."""
+"""`ds-tp train` in the launching process: hosts and device -> config -> prepared run -> launcher.
+
+Order: the cheap checks first (flags, layout, hostfile, ports), then data preparation; --dry-run and
+--print-command remove nothing; --overwrite moves the old run aside until the new one has started."""
 from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
+
+import click
 
 from ds_tp.config import Config, load_config
 from ds_tp.errors import Problem, UserError
@@ -41,14 +47,15 @@ def target_device(flag: str | None, hosts=None, hostfile: Path | None = None, ru
     return local
 
 
-def prepare_training(config: Path, overrides, num_processes: int | None, *, use_profiler: bool = False,
-                     overwrite: bool = False, notify=None, machine_rank: int = 0, hostfile: Path | None = None,
-                     hosts=None, plugin_modules: tuple = (), device: dict | None = None):
-    """Everything before the launcher: (cfg, prepared run, its path, world, device). Shared by `train` and tests.
+def plan_training(config: Path, overrides, num_processes: int | None, *, use_profiler: bool = False,
+                  overwrite: bool = False, notify=None, machine_rank: int = 0, hostfile: Path | None = None,
+                  hosts=None, plugin_modules: tuple = (), device: dict | None = None):
+    """Everything before the launcher, writing nothing in output_dir: (cfg, prepared run, world, device).
 
     The config is loaded once, for the world resolve_world gives (--num-processes, the hostfile's
-    slots, or the ranks' GPU count). On machine ranks > 0 the output_dir check is machine 0's job: a
-    sibling node of the same run must not refuse the folder that machine 0 has just started writing.
+    slots, or the ranks' GPU count); `notify(cfg)` runs next, so the cheap checks of the caller (launch
+    flags, ports) come before data preparation. On machine ranks > 0 the output_dir check is machine 0's
+    job: a sibling node of the same run must not refuse the folder that machine 0 has just started writing.
     """
     from ds_tp.launch.prepare import prepare_run
 
@@ -72,7 +79,14 @@ def prepare_training(config: Path, overrides, num_processes: int | None, *, use_
     resume = resolve_resume(cfg)
     prepared = prepare_run(cfg, device=device, resume_from=resume, use_profiler=use_profiler, overwrite=overwrite,
                            check_output=machine_rank == 0)
-    return cfg, prepared, write_run_files(prepared, cfg, machine_rank), cfg.layout.world, device
+    return cfg, prepared, cfg.layout.world, device
+
+
+def prepare_training(config: Path, overrides, num_processes: int | None, **kwargs):
+    """plan_training, then the run files written: (cfg, prepared run, its path, world, device). For tests and
+    callers that start ranks themselves; `ds-tp train` orders the writes itself (dry runs write nothing)."""
+    cfg, prepared, world, device = plan_training(config, overrides, num_processes, **kwargs)
+    return cfg, prepared, write_run_files(prepared, cfg, kwargs.get("machine_rank", 0)), world, device
 
 
 # Variables every node's ranks need; the runner's own list only covers NCCL/PYTHON/UCX/MV2/MLFLOW.
@@ -81,10 +95,15 @@ CARRIED_PREFIXES = ("NCCL_", "HF_", "PYTHONPATH", "OMP_", "DS_TP_", "DS_ACCELERA
 
 
 def carry_environment(env: dict, folder: Path) -> Path:
-    """An env file for DeepSpeed's runner (DS_ENV_FILE), never the user's own ~/.deepspeed_env."""
+    """An env file for DeepSpeed's runner (DS_ENV_FILE), never the user's own ~/.deepspeed_env. It may hold
+    secrets (HF_TOKEN): `folder` is a private temporary folder, the file is created 0600, and the caller
+    removes it when the launcher exits; never output_dir, which is often shared storage."""
+    import os
     lines = [f"{k}={v}\n" for k, v in sorted(env.items()) if k.startswith(CARRIED_PREFIXES) and "\n" not in v]
     path = folder / ENV_FILE
-    path.write_text("".join(lines))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(lines))
     return path.resolve()
 
 
@@ -119,8 +138,9 @@ def _check_same_layout(cfg: Config, checkpoint: Path, state: dict) -> None:
                                 "from the exported model"))
 
 
-def write_run_files(prepared: PreparedRun, cfg: Config, machine_rank: int = 0) -> Path:
-    folder = run_dir(prepared.output_dir)
+def write_run_files(prepared: PreparedRun, cfg: Config, machine_rank: int = 0, folder: Path | None = None) -> Path:
+    """The run files ranks read, in output_dir/ds_tp (or `folder`: a dry run's temporary one)."""
+    folder = folder or run_dir(prepared.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     if machine_rank == 0:  # one writer when output_dir is shared storage
         (folder / RESOLVED_CONFIG).write_text(json.dumps(cfg.values, indent=2, default=str))
@@ -132,3 +152,88 @@ def write_run_files(prepared: PreparedRun, cfg: Config, machine_rank: int = 0) -
 
 def format_command(cmd: list[str]) -> str:
     return " ".join(shlex.quote(c) for c in cmd)
+
+
+def _say(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _replaces_a_run(prepared, machine_rank: int, overwrite: bool) -> bool:
+    from ds_tp.runfiles import run_files
+    return overwrite and machine_rank == 0 and not prepared.resume_from and bool(run_files(Path(prepared.output_dir)))
+
+
+def print_launch(cfg, prepared, spec, dry_run: bool, machine_rank: int, overwrite: bool) -> None:
+    """--dry-run: the plan and the command, with run files in a temporary folder (nothing in output_dir).
+    --print-command: the command and the run files it needs, never over a previous run."""
+    import tempfile
+
+    from ds_tp.launch.command import launcher_command
+
+    if dry_run:
+        from ds_tp.launch.dry_run import print_dry_run
+        with tempfile.TemporaryDirectory(prefix="ds-tp-dry-run-") as tmp:
+            run_path = write_run_files(prepared, cfg, machine_rank, folder=Path(tmp))
+            _say(f"ds-tp: {cfg.layout.product()}; {prepared.total_steps} steps of {prepared.global_batch} sequences "
+                 f"({prepared.steps_per_epoch} per epoch); dry run: nothing written in {prepared.output_dir}")
+            print_dry_run(prepared)
+            click.echo(format_command(launcher_command(spec, str(run_path), Path(tmp))))
+        return
+    if _replaces_a_run(prepared, machine_rank, overwrite):
+        raise UserError(f"{prepared.output_dir}: --print-command with --overwrite: the printed command would train "
+                        "over the previous run, which ds-tp only replaces when it launches the run itself "
+                        "(drop --print-command, or move the old run away first)")
+    run_path = write_run_files(prepared, cfg, machine_rank)
+    _say(f"ds-tp: {cfg.layout.product()}; {prepared.total_steps} steps of {prepared.global_batch} sequences "
+         f"({prepared.steps_per_epoch} per epoch); run file {run_path}")
+    click.echo(format_command(launcher_command(spec, str(run_path.resolve()), run_path.parent)))
+
+
+def launch(cfg, prepared, spec, device, machine_rank: int, overwrite: bool) -> None:
+    """Move a replaced run aside, write the run files, run the launcher, then report how it ended."""
+    import shutil
+    import tempfile
+
+    from ds_tp.launch.command import launcher_command, rank_environment
+    from ds_tp.launch.replace import Replacement
+    from ds_tp.launch.run import run_launcher
+    from ds_tp.launch.watch import RankWatcher
+    from ds_tp.train.preempt import EXIT_PREEMPTED, clear_marker, read_marker
+
+    replaced = (Replacement.move_aside(Path(prepared.output_dir))
+                if _replaces_a_run(prepared, machine_rank, overwrite) else None)
+    if replaced:
+        _say(f"ds-tp: --overwrite: the previous run is in {replaced.aside} until this one logs its first step")
+        replaced.watch()
+    run_path = write_run_files(prepared, cfg, machine_rank)
+    cmd = launcher_command(spec, str(run_path.resolve()), run_path.parent)
+    _say(f"ds-tp: {cfg.layout.product()}; {prepared.total_steps} steps of {prepared.global_batch} sequences "
+         f"({prepared.steps_per_epoch} per epoch); run file {run_path}")
+    env = rank_environment(spec.per_node, device["accelerator"])
+    private = None
+    if spec.hostfile:  # HF_TOKEN and the like: a 0600 file in a private temporary folder, removed below
+        private = Path(tempfile.mkdtemp(prefix="ds-tp-env-"))
+        env["DS_ENV_FILE"] = str(carry_environment(env, private))
+    watcher = RankWatcher(prepared.output_dir, clear=not machine_rank)
+    clear_marker(prepared.output_dir)
+    try:
+        code = run_launcher(cmd, env, watcher)
+        watcher.wait_for_ranks(timeout=60)
+    finally:
+        if private:
+            shutil.rmtree(private, ignore_errors=True)
+        if replaced:
+            _say(f"ds-tp: {replaced.settle()}")
+    stopped = read_marker(prepared.output_dir)
+    if stopped:
+        saved = (f"saved {stopped['checkpoint']}" if not stopped.get("why_not_saved") else
+                 f"no checkpoint saved ({stopped['why_not_saved']}); "
+                 + (f"the last one is {stopped['checkpoint']}" if stopped["checkpoint"] else "there is none yet"))
+        _say(f"ds-tp: stopped by {stopped['signal'] or 'a signal'} after step {stopped['step']}; {saved}; "
+             "continue with --auto-resume-from-checkpoints")
+        sys.exit(EXIT_PREEMPTED)
+    if code != 0:
+        first = watcher.describe()
+        _say(f"ds-tp: training failed (launcher exit code {code})" + (f": {first}" if first else
+                                                                       "; see the rank output above"))
+        sys.exit(code if 0 < code < 256 else 1)

@@ -29,11 +29,19 @@ def ds_tp(*args, timeout=400):
 @pytest.mark.parametrize("launcher", ["deepspeed", "torchrun"])
 def test_train_through_launcher(tmp_path, launcher):
     out = tmp_path / "run"
+    out.mkdir()
+    # an older run in the folder, replaced with --overwrite once this one has started
+    (out / "metrics.jsonl").write_text('{"step": 7, "old": true}\n')
+    (out / "checkpoint-7").mkdir()
+    (out / "checkpoint-7" / "ds_tp_state.json").write_text('{"step": 7}')
+    (out / "notes.txt").write_text("the user's own file")
     code, log = ds_tp("train", EXAMPLES / "quickstart.yaml", *SHORT, "--launcher", launcher, "--output-dir", out,
-                      "--dataset-prepared-path", tmp_path / "prep")
+                      "--dataset-prepared-path", tmp_path / "prep", "--overwrite")
     assert code == 0, log[-4000:]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
+    assert "was replaced" in log and not (out / "checkpoint-7").exists() and not list(out.glob("replaced-run-*"))
+    assert (out / "notes.txt").read_text() == "the user's own file"
     assert (out / "model.safetensors").is_file()
     assert "ZeRO stage 3" in log and "step 3/3" in log
     # the sharding report: ZeRO-3 over 2 ranks holds half of a 64 x 64 projection here
