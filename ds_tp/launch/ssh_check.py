@@ -51,3 +51,19 @@ def check_pdsh_hosts(hostfile: Path, hosts, env: dict) -> None:
                                     hint="passwordless ssh is needed; PDSH_SSH_ARGS_APPEND passes ssh options"))
     if problems:
         raise UserError(problems)
+
+
+def first_host_address(hostfile: Path, host, env: dict) -> str:
+    """The first host's own address (the first of `hostname -I`), asked over the ssh pdsh uses: where the
+    ranks meet when --main-process-ip is not given. DeepSpeed's own lookup runs plain ssh, without
+    PDSH_SSH_ARGS_APPEND, so it fails where pdsh itself works."""
+    try:
+        done = subprocess.run([*_ssh(host.name, env), "hostname", "-I"], capture_output=True, text=True, timeout=30,
+                              env=env)
+        address = done.stdout.split()[0] if done.returncode == 0 and done.stdout.split() else ""
+    except (OSError, subprocess.TimeoutExpired):
+        address = ""
+    if not address:
+        raise UserError(Problem(f"could not ask host {host.name!r} for its address (`hostname -I` over ssh)",
+                                where=f"{hostfile}:{host.line}", hint="pass --main-process-ip"))
+    return address

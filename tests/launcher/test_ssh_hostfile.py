@@ -45,18 +45,43 @@ def sshd(tmp_path):
 
 
 def test_pdsh_ssh_launch_matches_one_machine(sshd, tmp_path, monkeypatch):
+    """The hostfile launch without --main-process-ip (ds-tp asks the first host for its address over pdsh's ssh),
+    and the environment carried to every rank (NCCL_*, HF_* with a token, DS_TP_*) as the ranks see it, through a
+    plugin module that records it; the env file holding the token is 0600, outside output_dir, and removed."""
+    import glob
+    import json
+    import tempfile
+
     args = ["--max-steps", "3", "--logging-steps", "1", "--sequence-len", "64"]
     one = losses(train(tmp_path / "one", [*args, "--dp-shard-size", "2"], 2))
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("# two names for this machine\nlocalhost slots=1\n127.0.0.1 slots=1\n")
     monkeypatch.setenv("PDSH_SSH_ARGS_APPEND", sshd)
+    carried = {"NCCL_DS_TP_TEST": "nccl-1", "HF_TOKEN": "hf_secret_for_the_test", "DS_TP_TEST_CARRIED": "yes"}
+    for name, value in carried.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DS_TP_PROBE_ENV", ",".join(carried))
+    probe = "tests.fixtures.plugin_probe.ProbePlugin"
+    config = tmp_path / "c.yaml"
+    config.write_text((EXAMPLES / "quickstart.yaml").read_text().replace(
+        "examples/quickstart/data/tasks.jsonl", str(EXAMPLES / "quickstart" / "data" / "tasks.jsonl"))
+        + f"plugins:\n  - {probe}\n")
+    env_files = set(glob.glob(f"{tempfile.gettempdir()}/ds-tp-env-*"))
     out = tmp_path / "two"
-    code, log = ds_tp("train", EXAMPLES / "quickstart.yaml", *args, "--hostfile", hostfile, "--output-dir", out,
-                      "--dataset-prepared-path", tmp_path / "prepared", "--main-process-ip", "127.0.0.1")
+    code, log = ds_tp("train", config, *args, "--hostfile", hostfile, "--output-dir", out,
+                      "--dataset-prepared-path", tmp_path / "prepared", "--plugin-module", probe)
     assert code == 0, log[-4000:]
     assert "pdsh -S -f 1024 -w localhost,127.0.0.1" in log
+    assert "--master_addr" in log and "--master_addr 127.0.0.1" not in log  # the host's own address
     two = losses(read_metrics(out))
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4 and len(two) == 3
+    for rank in (0, 1):
+        rows = [json.loads(x) for x in (out / f"plugin-rank{rank}.jsonl").read_text().splitlines()]
+        assert rows and all(r["env"] == carried for r in rows), rows
+    written = [p for p in out.rglob("*") if p.is_file() and not p.name.startswith("plugin-rank")  # the probe's
+               and p.stat().st_size < 1 << 20 and p.suffix in ("", ".json", ".jsonl", ".txt")]
+    assert written and not any("hf_secret_for_the_test" in p.read_text(errors="replace") for p in written)
+    assert set(glob.glob(f"{tempfile.gettempdir()}/ds-tp-env-*")) == env_files  # removed after the launch
 
 
 def test_unreachable_host_is_one_line(sshd, tmp_path, monkeypatch):

@@ -72,3 +72,14 @@ def test_hostfile_launch_leaves_the_master_address_to_deepspeed(tmp_path):
     spec.runner, spec.master_addr = "openmpi", "10.0.0.1"
     cmd = launcher_command(spec, "run.json", tmp_path)
     assert "--no_ssh_check" not in cmd and cmd[cmd.index("--master_addr") + 1] == "10.0.0.1"
+
+
+def test_carried_environment_file_is_private(tmp_path):
+    """The env file the deepspeed runner reads holds HF_TOKEN: created 0600, never readable by others."""
+    import stat
+
+    from ds_tp.launch.train import carry_environment
+
+    path = carry_environment({"HF_TOKEN": "hf_x", "HOME": "/root", "NCCL_DEBUG": "INFO"}, tmp_path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == "HF_TOKEN=hf_x\nNCCL_DEBUG=INFO\n"
