@@ -1,8 +1,11 @@
-"""Checkpoints that survive a crash mid-save.
+"""Checkpoints that survive a crash mid-save, on shared storage or on each node's own disk.
 
-DeepSpeed writes into `tmp-save-<step>` (never named checkpoint-<digits>), rank 0 adds ds-tp's
-state, renames it to `checkpoint-<step>`, then updates `latest` last. A checkpoint without
-ds_tp_state.json is incomplete and never resumed from.
+DeepSpeed writes into `tmp-save-<step>` (never named checkpoint-<digits>); ds-tp's state is added,
+the folder renamed to `checkpoint-<step>`, then `latest` updated last. A checkpoint without
+ds_tp_state.json is incomplete and never resumed from. Global rank 0 finishes first; then the first
+rank of every other node finishes the folder if it is still there, which happens only when output_dir
+is not shared (each node's disk holds its own ranks' files). A resume checks that every rank found
+the same step before DeepSpeed reads anything.
 """
 from __future__ import annotations
 
@@ -32,7 +35,10 @@ def save_checkpoint(engine, mesh, output_dir: Path, step: int, state: dict, keep
 
     tmp_tag = tmp_save_tag(step)
     final = checkpoint_dir(output_dir, step)
-    if mesh.is_main and (output_dir / tmp_tag).exists():
+    if mesh.is_main and (output_dir / tmp_tag).exists():  # a save cut short before
+        shutil.rmtree(output_dir / tmp_tag)
+    dist.barrier()
+    if mesh.local_rank == 0 and (output_dir / tmp_tag).exists():  # ... on this node's own disk
         shutil.rmtree(output_dir / tmp_tag)
     dist.barrier()
     engine.save_checkpoint(str(output_dir), tag=tmp_tag, client_state={"step": step}, save_latest=False,
@@ -40,26 +46,58 @@ def save_checkpoint(engine, mesh, output_dir: Path, step: int, state: dict, keep
     if extra is not None:
         extra(output_dir / tmp_tag)
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, output_dir / tmp_tag / f"rng_state_{mesh.rank}.pt")
     dist.barrier()
     if mesh.is_main:
-        write_state(output_dir / tmp_tag, {**state, "step": step})
-        _fsync_tree(output_dir / tmp_tag)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(output_dir / tmp_tag, final)
-        latest_tmp = output_dir / f"{LATEST}.tmp"
-        latest_tmp.write_text(final.name)
-        os.replace(latest_tmp, output_dir / LATEST)
-        if keep_last:
-            rotate(output_dir, keep_last)
+        _finish(output_dir, tmp_tag, final, {**state, "step": step}, keep_last)
+    dist.barrier()
+    if mesh.local_rank == 0 and not mesh.is_main and (output_dir / tmp_tag).is_dir():  # this node's own disk
+        _finish(output_dir, tmp_tag, final, {**state, "step": step}, keep_last)
     dist.barrier()
     return final
+
+
+def _finish(output_dir: Path, tmp_tag: str, final: Path, state: dict, keep_last: int | None) -> None:
+    write_state(output_dir / tmp_tag, state)
+    _fsync_tree(output_dir / tmp_tag)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(output_dir / tmp_tag, final)
+    latest_tmp = output_dir / f"{LATEST}.tmp"
+    latest_tmp.write_text(final.name)
+    os.replace(latest_tmp, output_dir / LATEST)
+    if keep_last:
+        rotate(output_dir, keep_last)
 
 
 def rotate(output_dir: Path, keep_last: int) -> None:
     for old in existing_checkpoints(output_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def agree_on_resume(checkpoint: Path | None) -> None:
+    """Called by every rank before anything is loaded: each node picked its checkpoint on its own disk (or none),
+    so all ranks must name the same complete checkpoint-N, else the run stops here naming what each host found."""
+    import socket
+
+    import deepspeed.comm as dist
+    mine: object = None
+    if checkpoint is not None:
+        try:
+            mine = f"{checkpoint.name} (step {read_state(checkpoint)['step']})"
+        except Exception as exc:  # noqa: BLE001 - a missing or unreadable state on this node is what we report
+            mine = str(exc).splitlines()[0]
+    seen: list = [None] * dist.get_world_size()
+    dist.all_gather_object(seen, (socket.gethostname(), mine))
+    if len({repr(found) for _, found in seen}) > 1:
+        counts: dict = {}
+        for rank, (host, found) in enumerate(seen):
+            counts.setdefault((host, found or "no checkpoint"), []).append(rank)
+        raise RuntimeError("the ranks do not resume from the same checkpoint: " + "; ".join(
+            f"ranks {ranks} on {host}: {found}" for (host, found), ranks in counts.items())
+            + ": every node must hold the same complete checkpoint")
 
 
 def load_checkpoint(engine, mesh, checkpoint: Path, trainable_only: bool = False) -> dict:
@@ -75,4 +113,6 @@ def load_checkpoint(engine, mesh, checkpoint: Path, trainable_only: bool = False
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
     return read_state(checkpoint)

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     from ds_tp.device import probe_with_torch
     from ds_tp.model_config import load_tokenizer
     from ds_tp.runfiles import PreparedRun
-    from ds_tp.train.checkpoint import load_checkpoint
+    from ds_tp.train.checkpoint import agree_on_resume, load_checkpoint
     from ds_tp.train.export import export_hf
     from ds_tp.train.flops import PEAK_SOURCE, flops_per_token, peak_flops
     from ds_tp.train.loop import Trainer
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         # first two steps would run at lr 0; one step here makes step k run at iteration k-1, as
         # transformers' warm-up schedules do (a resume restores the saved iteration instead).
         scheduler.step()
+    agree_on_resume(Path(plan.resume_from) if plan.resume_from else None)  # every rank, resuming or not
     if plan.resume_from:
         state = load_checkpoint(engine, mesh, Path(plan.resume_from), trainable_only=run.adapter is not None)
         start = int(state["step"])
