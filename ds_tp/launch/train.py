@@ -121,10 +121,14 @@ def resolve_resume(cfg: Config) -> str | None:
         _check_same_layout(cfg, path, state)
         return str(path.resolve())
     if values.get("auto_resume_from_checkpoints"):
-        done = existing_checkpoints(out)
-        if done:
-            _check_same_layout(cfg, done[-1], read_state(done[-1]))
-            return str(done[-1].resolve())
+        for path in reversed(existing_checkpoints(out)):  # newest complete one whose state reads
+            try:
+                state = read_state(path)
+            except UserError as exc:  # cut short on a filesystem without atomic rename, or a full disk
+                _say(f"warning: {exc.problems[0]}; resuming from the checkpoint before it")
+                continue
+            _check_same_layout(cfg, path, state)
+            return str(path.resolve())
     return None
 
 
