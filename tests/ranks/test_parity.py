@@ -4,6 +4,7 @@ TP shards merged offline)."""
 import json
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from ds_tp.export_checkpoint import export_checkpoint
@@ -54,6 +55,29 @@ def exported(checkpoint):
     return AutoModelForCausalLM.from_pretrained(out).state_dict()
 
 
+# AutoTP's split: by output rows (column-parallel) or by input columns (row-parallel)
+TP_SPLIT = {"self_attn.q_proj.weight": 0, "self_attn.k_proj.weight": 0, "self_attn.v_proj.weight": 0,
+            "mlp.gate_proj.weight": 0, "mlp.up_proj.weight": 0, "self_attn.o_proj.weight": 1, "mlp.down_proj.weight": 1}
+
+
+def assert_tp_sharded(checkpoint, tp: int, full: dict) -> None:
+    """Each TP rank saved its own file holding its slice of every split weight (DeepSpeed's param_shapes under
+    ZeRO, the module's tensors without): identical ranks computing the whole model would fail here."""
+    files = sorted(checkpoint.glob("*mp_rank_*_model_states.pt"))
+    assert sorted({f.name.split("mp_rank_")[1][:2] for f in files}) == [f"{r:02d}" for r in range(tp)], files
+    for r in range(tp):
+        state = torch.load(next(checkpoint.glob(f"*mp_rank_{r:02d}_model_states.pt")), map_location="cpu",
+                           weights_only=False)
+        shapes = ({k: tuple(v) for group in state.get("param_shapes") or [] for k, v in group.items()}
+                  or {k: tuple(v.shape) for k, v in state["module"].items()})
+        for layer in range(2):
+            for suffix, dim in TP_SPLIT.items():
+                name = f"model.layers.{layer}.{suffix}"
+                want = list(full[name].shape)
+                want[dim] //= tp
+                assert shapes[name] == tuple(want), (r, name, shapes[name], want)
+
+
 def max_diff(a, b):
     assert a.keys() == b.keys()
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
@@ -84,6 +108,10 @@ def test_layout_matches_one_process(reference, tmp_path, name, overrides, nproc)
     assert [a for a, _ in pairs] == pytest.approx([b for _, b in pairs], rel=1e-4)
     assert ref_losses[-1] < ref_losses[0]  # it trained
     assert max_diff(weights(out), weights(ref_out)) < 1e-4
+    tp = plan["run"]["layout"]["tp"]
+    assert tp == (2 if "tp2" in name else 1)
+    if tp > 1:
+        assert_tp_sharded(out / "checkpoint-3", tp, weights(ref_out))
     step3 = exported(out / "checkpoint-3")
     assert max_diff(step3, exported(ref_out / "checkpoint-3")) < 1e-4
     assert max_diff(step3, weights(out)) > 1e-3  # steps 4-6 moved the weights: the checkpoint is step 3's
