@@ -16,13 +16,15 @@ SHORT = ["--max-steps", "3", "--logging-steps", "1", "--sequence-len", "64"]
 def ds_tp(*args, timeout=400):
     env = dict(os.environ, PATH="/usr/bin:/bin", OMP_NUM_THREADS="1")  # venv not activated
     proc = subprocess.Popen([DS_TP, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=ROOT, env=env)
+                            cwd=ROOT, env=env, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        try:  # the launcher and its ranks too, should any outlive ds-tp (a hang, a timeout)
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        proc.wait()
     return proc.returncode, out
 
 
