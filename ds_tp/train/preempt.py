@@ -40,8 +40,8 @@ class StopRequest:
         return self
 
     def _handle(self, signum, _frame) -> None:
-        self.signal_name = signal.Signals(signum).name
-        if self.signalled_at is None:
+        if self.signalled_at is None:  # the first one: after a Ctrl-C the launcher adds its own SIGTERM
+            self.signal_name = signal.Signals(signum).name
             self.signalled_at = time.monotonic()
 
 

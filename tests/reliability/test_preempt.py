@@ -12,14 +12,21 @@ from tests.reliability.job import metrics, training_job, wait_for
 RUN = ["--max-steps", "12", "--logging-steps", "1", "--sequence-len", "64"]
 
 
-def _sigterm_at_step(tmp_path, common, out, step: int):
-    """Start `ds-tp train`, SIGTERM its whole process group once metrics show `step`; (exit code, log)."""
-    log_path = tmp_path / "sigterm.log"
+def _signal_at_step(tmp_path, common, out, step: int, sig=signal.SIGTERM, rank: int | None = None):
+    """Start `ds-tp train`; once metrics show `step`, send `sig` to its whole process group (or to one rank's pid
+    only); (exit code, log, the last step logged when the signal was sent)."""
+    log_path = tmp_path / "signal.log"
     with training_job(common, log_path) as job:
         wait_for(job, lambda: any(r.get("step") == step for r in metrics(out)), log_path)
-        os.killpg(job.pid, signal.SIGTERM)
+        if rank is None:
+            sent = max(r["step"] for r in metrics(out))
+            os.killpg(job.pid, sig)
+        else:
+            pid = json.loads((out / "ds_tp" / "ranks" / f"rank-{rank}.json").read_text())["pid"]
+            sent = max(r["step"] for r in metrics(out))
+            os.kill(pid, sig)
         job.wait(timeout=120)
-    return job.returncode, log_path.read_text()
+    return job.returncode, log_path.read_text(), sent
 
 
 def test_sigterm_saves_then_resumes(tmp_path):
@@ -28,11 +35,11 @@ def test_sigterm_saves_then_resumes(tmp_path):
     lost: nothing: the checkpoint is the step the job stopped at"""
     out = tmp_path / "run"
     common = [*RUN, "--output-dir", str(out), "--dataset-prepared-path", str(tmp_path / "prep")]
-    code, log = _sigterm_at_step(tmp_path, common, out, 3)
+    code, log, sent = _signal_at_step(tmp_path, common, out, 3)
     assert code == 75, log[-3000:]
     stopped = json.loads((out / "ds_tp" / "preempted.json").read_text())
     step = stopped["step"]
-    assert 3 <= step < 12 and "stopped by SIGTERM" in log
+    assert sent <= step <= sent + 2 and "stopped by SIGTERM" in log  # the boundary after next, at the latest
     assert (out / f"checkpoint-{step}" / "ds_tp_state.json").is_file()
     assert max(r["step"] for r in metrics(out)) == step
     assert not (out / "model.safetensors").exists()  # no export of a half-trained model
@@ -42,17 +49,35 @@ def test_sigterm_saves_then_resumes(tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
-def test_sigterm_without_time_to_save_keeps_the_last_checkpoint(tmp_path):
-    """fault: SIGTERM when a save would not fit preemption_grace_period (set to 0.001 s here)
+def test_sigint_without_time_to_save_keeps_the_last_checkpoint(tmp_path):
+    """fault: SIGINT (Ctrl-C) when a save would not fit preemption_grace_period (set to 0.001 s here)
     does: ranks stop at the next step boundary without starting a save; ds-tp exits 75 naming why and the last checkpoint
     lost: the steps after the last checkpoint (the kill would have cut a save short anyway)"""
     out = tmp_path / "run"
     common = [*RUN, "--save-steps", "2", "--preemption-grace-period", "0.001", "--output-dir", str(out),
               "--dataset-prepared-path", str(tmp_path / "prep")]
-    code, log = _sigterm_at_step(tmp_path, common, out, 3)
+    code, log, sent = _signal_at_step(tmp_path, common, out, 3, sig=signal.SIGINT)
     assert code == 75, log[-3000:]
     stopped = json.loads((out / "ds_tp" / "preempted.json").read_text())
+    assert stopped["signal"] == "SIGINT" and sent <= stopped["step"] <= sent + 2
     assert stopped["why_not_saved"] and "preemption_grace_period" in log and "no checkpoint saved" in log
     saved = sorted(checkpoint_step(p) for p in out.glob("checkpoint-*"))
     assert saved and all(s % 2 == 0 for s in saved) and stopped["checkpoint"].endswith(f"checkpoint-{saved[-1]}")
     assert not list(out.glob("tmp-save-*"))
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """fault: SIGTERM to rank 1 alone (one node preempted; the launcher and rank 0 are not signalled)
+    does: rank 0 learns it through the stop agreement; both ranks stop after the same step, within 2 steps of the signal, save a checkpoint and exit; ds-tp exits 75
+    lost: nothing: the checkpoint is the step the job stopped at"""
+    out = tmp_path / "run"
+    common = [*RUN, "--output-dir", str(out), "--dataset-prepared-path", str(tmp_path / "prep")]
+    code, log, sent = _signal_at_step(tmp_path, common, out, 3, rank=1)
+    assert code == 75, log[-3000:]
+    stopped = json.loads((out / "ds_tp" / "preempted.json").read_text())
+    assert stopped["signal"] is None or stopped["signal"] == "SIGTERM"
+    assert sent <= stopped["step"] <= sent + 2 and not stopped["why_not_saved"]
+    checkpoint = out / f"checkpoint-{stopped['step']}"
+    assert (checkpoint / "ds_tp_state.json").is_file()
+    assert sorted(p.name for p in checkpoint.glob("rng_state_*")) == ["rng_state_0.pt", "rng_state_1.pt"]
+    assert max(r["step"] for r in metrics(out)) == stopped["step"]
