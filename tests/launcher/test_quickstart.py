@@ -1,5 +1,5 @@
 """The README's main job: the embedded quickstart, default config, real deepspeed launcher, 2 CPU ranks."""
-from scripts.check_quickstart import figures
+from scripts.check_quickstart import ACCURACY_FLOOR, figures
 from tests.conftest import EXAMPLES
 from tests.launcher.test_train_cli import ds_tp
 
@@ -12,7 +12,7 @@ def test_quickstart_learns(tmp_path):
     assert "dp_replicate(1) * dp_shard(2) * tp(1) * cp(1) = 2" in log and "ZeRO stage 3" in log
     f = figures(out)
     assert f["last_loss"] < 0.8 * f["first_loss"], f
-    assert f["accuracy_after"] > f["accuracy_before"], f
+    assert f["accuracy_before"] == 0 and f["accuracy_after"] >= ACCURACY_FLOOR["full"], f
 
 
 def test_quickstart_lora_learns_saves_an_adapter_and_merges(tmp_path):
@@ -31,7 +31,7 @@ def test_quickstart_lora_learns_saves_an_adapter_and_merges(tmp_path):
     assert "adapter lora: " in log and "ZeRO stage 3" in log
     f = figures(out)  # loads the adapter with PeftModel.from_pretrained over the base
     assert f["last_loss"] < 0.8 * f["first_loss"], f
-    assert f["accuracy_after"] > f["accuracy_before"], f
+    assert f["accuracy_before"] == 0 and f["accuracy_after"] >= ACCURACY_FLOOR["lora"], f
     code, log = ds_tp("merge-lora", EXAMPLES / "quickstart-lora.yaml", "--output-dir", out, timeout=300)
     assert code == 0, log[-2000:]
     merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from ds_tp.export_checkpoint import export_checkpoint
 from tests.ranks.harness import SHARP, losses, train
 
-STEPS = ["--max-steps", "6", "--save-steps", "3"]
+STEPS = ["--max-steps", "6", "--save-steps", "3", "--val-set-size", "0.02", "--eval-steps", "3"]
 # What users run: AdamW with weight decay (HF Trainer's groups) and warm-up into a cosine decay.
 ADAMW = ["--optimizer", "adamw_torch", "--lr-scheduler", "cosine", "--learning-rate", "1e-3", "--warmup-steps", "2",
          "--weight-decay", "0.3", "--micro-batch-size", "1", "--sequence-len", "64", "--logging-steps", "1",
@@ -27,9 +27,13 @@ def reference(tmp_path_factory):
             out = tmp_path_factory.mktemp(f"ref{global_batch}") / "run"
             rows = train(out, [*SHARP, *STEPS, "--dp-shard-size", "1", "--gradient-accumulation-steps",
                                str(global_batch)], 1)
-            runs[global_batch] = out, losses(rows), norms(rows)
+            runs[global_batch] = out, losses(rows), norms(rows), evals(rows)
         return runs[global_batch]
     return get
+
+
+def evals(rows) -> list:
+    return [r["eval_loss"] for r in rows if "eval_loss" in r]
 
 
 def norms(rows) -> list:
@@ -98,10 +102,11 @@ def test_layout_matches_one_process(reference, tmp_path, name, overrides, nproc)
     rows = train(out, [*SHARP, *STEPS, *overrides], nproc)
     got = losses(rows)
     plan = json.loads((out / "ds_tp" / "run.json").read_text())
-    ref_out, ref_losses, ref_norms = reference(plan["global_batch"])
+    ref_out, ref_losses, ref_norms, ref_evals = reference(plan["global_batch"])
     assert len(got) == len(ref_losses) == 6
     diffs = [abs(a - b) for a, b in zip(got, ref_losses)]
     assert max(diffs) < 1e-5, (got, ref_losses)
+    assert len(ref_evals) == 2 and evals(rows) == pytest.approx(ref_evals, abs=1e-5)  # evaluation shards too
     # clipping at 1.0 hides a gradient off by a constant factor from the losses; the norm before clipping does not
     pairs = [(a, b) for a, b in zip(norms(rows), ref_norms) if a is not None]
     assert pairs or "tp2" in name
