@@ -1,11 +1,19 @@
 """`ds-tp export CHECKPOINT OUT`: a HF model folder from any ds-tp checkpoint (the zero_to_fp32 job),
 so a run that crashed before its final export still yields a usable model.
 
-Each tensor-parallel rank's weights are rebuilt on their own (DeepSpeed's zero_to_fp32 merges the
-ZeRO partitions of one TP rank), then the TP shards are joined: a parameter whose shape on a TP rank
-differs from the model's along one dimension is concatenated along it in TP-rank order (AutoTP
-splits q/k/v/gate/up and lm_head by rows, o/down by columns, possibly unevenly); the rest is
-replicated and taken from TP rank 0.
+Memory (the heap) is bounded by one layer plus one output shard, never by the model: nothing is built
+whole. The model exists only on the meta device (names, shapes, dtypes; no weights). DeepSpeed's files
+are opened with torch.load(mmap=True): what is read of them is page cache, which counts in the RSS but
+which the kernel drops under pressure. Then, one layer at a time, each weight is rebuilt on its own:
+gathered from the ZeRO partitions of each TP rank (zero_to_fp32's reconstruction: the fp32 master copy
+where the optimizer holds one, else the module's own tensor), its TP shards joined (a weight whose
+shape on a TP rank differs from the model's along one dimension is concatenated along it in TP-rank
+order: AutoTP splits q/k/v/gate/up and lm_head by rows, o/down by columns, possibly unevenly; the rest
+is replicated and taken from TP rank 0), cast to the dtype save_pretrained writes (the model's, fp32),
+and handed to the training export's ShardWriter, which writes a safetensors file (plus the index)
+whenever DS_TP_EXPORT_SHARD_MB (default 2048) have piled up. As save_pretrained does, tied weights are
+written once and transformers' weight conversions are reverted (per layer: they join or split the
+tensors of one module).
 
 An adapter run's checkpoint holds the trainable weights only; its adapter folder (gathered across ZeRO
 partitions and TP shards when it was saved) is what export writes: PeftModel.from_pretrained loads it.
@@ -14,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from ds_tp.errors import UserError
@@ -26,64 +33,152 @@ def export_checkpoint(checkpoint: Path, out: Path) -> None:
     if (state.get("run") or {}).get("adapter"):
         export_adapter(checkpoint, out)
         return
+    import torch
     from transformers import AutoModelForCausalLM
+    from transformers.core_model_loading import revert_weight_conversion
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
     from ds_tp.model_config import load_model_config, load_tokenizer
+    from ds_tp.train.export import DEFAULT_SHARD_MB, ShardWriter
 
     tp_ranks = sorted({int(m.group(1)) for f in checkpoint.iterdir()
                        if (m := re.search(r"mp_rank_(\d+)_model_states\.pt$", f.name))})
     if not tp_ranks:
         raise UserError(f"{checkpoint}: no DeepSpeed model states (*mp_rank_XX_model_states.pt) in it")
-    shards = [tp_rank_state_dict(checkpoint, r) for r in tp_ranks]
-    model = AutoModelForCausalLM.from_config(load_model_config(state["model_path"], state.get("config", {})))
-    rows = ((state.get("run") or {}).get("model") or {}).get("vocab")
-    if rows and model.get_input_embeddings().num_embeddings != rows:  # the run resized its embeddings
-        model.resize_token_embeddings(rows, mean_resizing=False)  # every row is overwritten from the checkpoint
-    sd = join_tp_shards(shards, {k: tuple(v.shape) for k, v in model.state_dict().items()}, checkpoint)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if unexpected or [k for k in missing if "rotary" not in k]:
+    ranks = [tp_rank_weights(checkpoint, r) for r in tp_ranks]
+    cfg = state.get("config", {})
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(load_model_config(state["model_path"], cfg),
+                                                 trust_remote_code=bool(cfg.get("trust_remote_code")))
+        rows = ((state.get("run") or {}).get("model") or {}).get("vocab")
+        if rows and model.get_input_embeddings().num_embeddings != rows:  # the run resized its embeddings
+            model.resize_token_embeddings(rows, mean_resizing=False)
+    expected = model.state_dict()
+    keep = remove_tied_weights_from_state_dict(dict(expected), model)  # what save_pretrained writes
+    names = set(ranks[0]).intersection(*ranks[1:])  # on every TP rank
+    missing = [k for k in keep if k not in names and "rotary" not in k]
+    unexpected = sorted({k for r in ranks for k in r} - set(expected))
+    if unexpected or missing:
         raise UserError(f"{checkpoint}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.save_pretrained(str(out), safe_serialization=True)
-    load_tokenizer(state["model_path"], state.get("config", {})).save_pretrained(str(out))
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("model*.safetensors"), *out.glob("model.safetensors.index.json")]:
+        stale.unlink()
+    writer = ShardWriter(out, int(float(os.environ.get("DS_TP_EXPORT_SHARD_MB", DEFAULT_SHARD_MB)) * 2**20))
+    for layer in by_layer([k for k in keep if k in names]):
+        weights = {k: join_tp_shards(k, [r[k] for r in ranks], expected[k], checkpoint) for k in layer}
+        for name, tensor in revert_weight_conversion(model, weights).items():
+            writer.add(name, tensor)
+        del weights
+    writer.finish()
+    model.config.dtype = str(model.dtype).split(".")[1]  # as save_pretrained
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(str(out))
+    if model.can_generate() and model.generation_config is not None:
+        model.generation_config.save_pretrained(str(out))
+    load_tokenizer(state["model_path"], cfg).save_pretrained(str(out))
 
 
-def tp_rank_state_dict(checkpoint: Path, tp_rank: int) -> dict:
-    """One TP rank's full (un-ZeRO-partitioned) weights, fp32 where an fp32 master copy exists."""
+def tp_rank_weights(checkpoint: Path, tp_rank: int) -> dict[str, tuple[list, tuple]]:
+    """One TP rank's full (un-ZeRO-partitioned) weights as name -> (views, shape), copied by materialise():
+    the views are slices of mmapped tensors whose concatenation starts with the weight's elements.
+    fp32 master copies where the ZeRO optimizer holds them (zero_to_fp32's reconstruction, DeepSpeed
+    0.19.8), else the module's own tensors (ZeRO stage 0; frozen weights under ZeRO-1/2)."""
     import torch
 
-    mine = [f for f in checkpoint.iterdir() if f"mp_rank_{tp_rank:02d}_" in f.name]
-    if not any(f.name.endswith("optim_states.pt") and f.name.startswith("zero_pp_rank_") for f in mine):
-        # ZeRO stage 0: the module's own state dict
-        return torch.load(checkpoint / f"mp_rank_{tp_rank:02d}_model_states.pt", map_location="cpu",
-                          weights_only=False)["module"]
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    # zero_to_fp32 merges every *_optim_states.pt of a folder: give it this TP rank's files only.
-    with tempfile.TemporaryDirectory() as tmp:
-        tag = Path(tmp) / checkpoint.name
-        tag.mkdir()
-        for f in mine:
-            os.symlink(f.resolve(), tag / f.name)
-        return get_fp32_state_dict_from_zero_checkpoint(tmp, tag=checkpoint.name)
+    def dp_rank(path: Path) -> int:
+        return int(m.group(1)) if (m := re.search(r"zero_pp_rank_(\d+)_", path.name)) else 0
+
+    def load(path: Path):
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+
+    tag = f"mp_rank_{tp_rank:02d}_"
+    models = [load(f) for f in sorted(checkpoint.glob(f"*{tag}model_states.pt"), key=dp_rank)]
+    optim = [load(f)["optimizer_state_dict"]
+             for f in sorted(checkpoint.glob(f"*zero_pp_rank_*_{tag}optim_states.pt"), key=dp_rank)]
+    first = models[0]
+    if not optim or "zero_stage" not in optim[0]:  # stage 0 (or DeepSpeed's BF16_Optimizer)
+        return {k: ([v], tuple(v.shape)) for k, v in first["module"].items()}
+    stage, world = int(optim[0]["zero_stage"]), optim[0]["partition_count"]
+    world = max(world) if isinstance(world, list) else world
+    if world != len(optim):
+        raise UserError(f"{checkpoint}: {len(optim)} ZeRO partitions of TP rank {tp_rank}, saved by {world} ranks")
+    weights: dict[str, tuple[list, tuple]] = {k: ([first["module"][k]], tuple(first["module"][k].shape))
+                                              for k in first["buffer_names"]}
+    if stage == 3:
+        flats = [o["fp32_flat_groups"] for o in optim]
+        offset = 0
+        for name, shape in ((k, s) for group in first["param_shapes"] for k, s in group.items()):
+            part = -(-shape.numel() // world)  # each rank's share, padded
+            weights[name] = ([v for groups in flats for v in span(groups, offset, part)], tuple(shape))
+            offset += part
+        if offset != sum(g.numel() for g in flats[0]):
+            raise UserError(f"{checkpoint}: TP rank {tp_rank}'s ZeRO-3 partitions do not hold its parameters")
+        for name, shape in (first.get("frozen_param_shapes") or {}).items():
+            weights[name] = ([m["frozen_param_fragments"][name] for m in models], tuple(shape))
+    else:
+        paddings = optim[0].get("param_alignment_paddings")
+        for g, shapes in enumerate(first["param_shapes"]):
+            parts, offset = [o["single_partition_of_fp32_groups"][g] for o in optim], 0
+            for i, (name, shape) in enumerate(shapes.items()):
+                weights[name] = (span(parts, offset, shape.numel()), tuple(shape))
+                offset += shape.numel() + (paddings[g][i] if paddings else 0)
+        for name, value in first["module"].items():  # frozen weights: whole in the module under ZeRO-1/2
+            weights.setdefault(name, ([value], tuple(value.shape)))
+    for alias, source in (first.get("shared_params") or {}).items():
+        if source in weights:
+            weights[alias] = weights[source]
+    return weights
 
 
-def join_tp_shards(shards: list[dict], shapes: dict[str, tuple], checkpoint: Path) -> dict:
-    import torch
-
-    if len(shards) == 1:
-        return shards[0]
-    joined = {}
-    for name, first in shards[0].items():
-        want = shapes.get(name)
-        if want is None or tuple(first.shape) == want:
-            joined[name] = first
+def span(parts: list, start: int, count: int) -> list:
+    """Views of elements [start, start + count) of the concatenation of the 1-D tensors `parts`."""
+    views = []
+    for part in parts:
+        if count <= 0:
+            break
+        if start >= part.numel():
+            start -= part.numel()
             continue
-        dims = [d for d in range(first.dim()) if first.shape[d] != want[d]]
-        parts = [s[name] for s in shards]
-        if len(dims) != 1 or sum(p.shape[dims[0]] for p in parts) != want[dims[0]]:
-            raise UserError(f"{checkpoint}: {name} is {list(first.shape)} on TP rank 0 and {list(want)} in the "
-                            f"model: not a split along one dimension over {len(shards)} TP ranks")
-        joined[name] = torch.cat(parts, dim=dims[0])
-    return joined
+        views.append(part[start:start + count])
+        count, start = count - views[-1].numel(), 0
+    return views
+
+
+def materialise(weight: tuple[list, tuple]):
+    """The tensor of a (views, shape) weight: a view where it lies whole in one file, else a copy."""
+    import math
+
+    import torch
+
+    views, shape = weight
+    flat = views[0].reshape(-1) if len(views) == 1 else torch.cat([v.reshape(-1) for v in views])
+    return flat[:math.prod(shape)].view(shape)
+
+
+def by_layer(names: list[str]) -> list[list[str]]:
+    """Names grouped up to their first numbered component (model.layers.3): the unit transformers'
+    weight conversions are reverted on (they join or split the tensors of one module)."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(m.group(1) if (m := re.match(r"(.*?\.\d+)\.", name)) else name, []).append(name)
+    return list(groups.values())
+
+
+def join_tp_shards(name: str, shards: list[tuple[list, tuple]], want, checkpoint: Path):
+    """One weight from its TP ranks' (views, shape), in the dtype of `want` (its meta tensor in the model)."""
+    import torch
+
+    shape = shards[0][1]
+    if shape == tuple(want.shape):
+        return materialise(shards[0]).to(want.dtype)
+    dims = [d for d in range(len(shape)) if shape[d] != want.shape[d]] if len(shape) == want.dim() else []
+    d = dims[0] if len(dims) == 1 else 0
+    if (len(dims) != 1 or sum(s[1][d] for s in shards) != want.shape[d]
+            or any(s[1][:d] + s[1][d + 1:] != shape[:d] + shape[d + 1:] for s in shards)):
+        raise UserError(f"{checkpoint}: {name} is {list(shape)} on TP rank 0 and {list(want.shape)} in the "
+                        f"model: not a split along one dimension over {len(shards)} TP ranks")
+    return torch.cat([materialise(s) for s in shards], dim=d).to(want.dtype)
 
 
 def export_adapter(checkpoint: Path, out: Path) -> None:
