@@ -138,11 +138,34 @@ def rank_dir(output_dir: str | Path) -> Path:
     return run_dir(output_dir) / RANKS_DIR
 
 
+HEARTBEAT_S = 5.0  # a rank touches its record this often; launch/watch.py reads the silence of remote ranks
+
+
 def record_rank_start(output_dir: str | Path, rank: int) -> None:
+    """rank-N.json (pid, host), then a daemon thread touching it every HEARTBEAT_S for as long as the
+    process runs, even while it waits in a collective: a record that stops changing is a rank that died
+    or hangs, wherever it runs (the launching host sees other hosts' ranks only through shared storage)."""
+    import threading
+    import time
+
     folder = rank_dir(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"rank-{rank}.json").write_text(json.dumps({"rank": rank, "pid": os.getpid(),
-                                                          "host": socket.gethostname()}))
+    path = folder / f"rank-{rank}.json"
+    path.write_text(json.dumps({"rank": rank, "pid": os.getpid(), "host": socket.gethostname()}))
+
+    def beat():
+        while True:
+            time.sleep(HEARTBEAT_S)
+            try:
+                os.utime(path)
+            except OSError:
+                return
+    threading.Thread(target=beat, daemon=True, name="ds-tp-heartbeat").start()
+
+
+def record_rank_end(output_dir: str | Path, rank: int) -> None:
+    """rank-N.done: this rank finished on its own (its exit is not a failure)."""
+    (rank_dir(output_dir) / f"rank-{rank}.done").write_text("")
 
 
 def record_rank_error(output_dir: str | Path, rank: int, message: str) -> None:

@@ -1,12 +1,16 @@
 """Run the launcher in the foreground, in the user's process group (a group kill reaches every
-rank), forwarding SIGINT/SIGTERM, and report how it ended."""
+rank), forwarding SIGINT/SIGTERM, and report how it ended. When the watcher sees a rank fail and the
+launcher does not end the job (a remote rank's peers wait in a collective), ds-tp ends it: SIGTERM to
+the launcher (DeepSpeed's runner then stops every host), SIGKILL to it 5 s later, and to this host's ranks."""
 from __future__ import annotations
 
 import signal
 import subprocess
 
+KILL_AFTER_S = 5.0
 
-def run_launcher(cmd: list[str], env: dict[str, str], watcher=None) -> int:
+
+def run_launcher(cmd: list[str], env: dict[str, str], watcher=None, say=None) -> int:
     proc = subprocess.Popen(cmd, env=env)
     if watcher is not None:
         watcher.start()
@@ -17,7 +21,22 @@ def run_launcher(cmd: list[str], env: dict[str, str], watcher=None) -> int:
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return proc.wait()
+        while True:
+            try:
+                return proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
+            if watcher is not None and watcher.should_end():
+                if say:
+                    say(f"ds-tp: {watcher.describe()}; the launcher has not ended the job: ending it")
+                proc.terminate()
+                try:
+                    code = proc.wait(timeout=KILL_AFTER_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    code = proc.wait()
+                watcher.kill_local_ranks()  # a stopped or hung rank ignores the launcher's SIGTERM
+                return code
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -201,7 +201,7 @@ def launch(cfg, prepared, spec, device, machine_rank: int, overwrite: bool) -> N
     from ds_tp.launch.command import launcher_command, rank_environment
     from ds_tp.launch.replace import Replacement
     from ds_tp.launch.run import run_launcher
-    from ds_tp.launch.watch import RankWatcher
+    from ds_tp.launch.watch import RankWatcher, silence_limit
     from ds_tp.train.preempt import EXIT_PREEMPTED, clear_marker, read_marker
 
     replaced = (Replacement.move_aside(Path(prepared.output_dir))
@@ -218,10 +218,11 @@ def launch(cfg, prepared, spec, device, machine_rank: int, overwrite: bool) -> N
     if spec.hostfile:  # HF_TOKEN and the like: a 0600 file in a private temporary folder, removed below
         private = Path(tempfile.mkdtemp(prefix="ds-tp-env-"))
         env["DS_ENV_FILE"] = str(carry_environment(env, private))
-    watcher = RankWatcher(prepared.output_dir, clear=not machine_rank)
+    silent_after = silence_limit(float(prepared.config.get("ddp_timeout") or 1800))
+    watcher = RankWatcher(prepared.output_dir, clear=not machine_rank, silent_after=silent_after)
     clear_marker(prepared.output_dir)
     try:
-        code = run_launcher(cmd, env, watcher)
+        code = run_launcher(cmd, env, watcher, say=_say)
         watcher.wait_for_ranks(timeout=60)
     finally:
         if private:

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                                            lr_scheduler=None if own_schedule else scheduler_factory(schedule_of(plan)),
                                            config=plan.ds_config, mpu=mesh.mpu)
     engine.train()  # from_pretrained returns eval mode: gradient checkpointing and dropout would be off
-    compile_model(engine, cfg, device["accelerator"], log)
+    graphs_before = compile_model(engine, cfg, device["accelerator"], log)
     log(f"layout {layout.product()}; effective batch {plan.global_batch} sequences "
         f"(micro {engine.train_micro_batch_size_per_gpu()} x gas {engine.gradient_accumulation_steps()} x dp "
         f"{layout.dp}); ZeRO stage {engine.zero_optimization_stage()}; precision {run.precision.name}; attention {attn}")
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     pad_id = load_tokenizer(plan.model_path, cfg).pad_token_id
     trainer = Trainer(plan, run, mesh, engine, train_rows, eval_rows, pad_id, flops_token, peak, log)
     reached = trainer.run(start, stop, state)
+    report_compiled(graphs_before, log)
     if reached < plan.total_steps and not trainer.finished_early:
         return 0  # stopped by a signal after saving a checkpoint; no export of a half-trained model
     if run.adapter:
@@ -129,22 +130,39 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def compile_model(engine, cfg: dict, accelerator: str, log) -> None:
+def compile_model(engine, cfg: dict, accelerator: str, log) -> int | None:
     """torch_compile (Axolotl's keys) through DeepSpeed's engine.compile: the module is compiled in
-    place, so parameter names, checkpoints and the export are unchanged. "auto": on CUDA only."""
+    place, so parameter names, checkpoints and the export are unchanged. "auto": on CUDA only.
+    Returns dynamo's count of compiled graphs before (None: not compiled), for report_compiled."""
     wanted = cfg.get("torch_compile")
     if not wanted or (wanted == "auto" and accelerator != "cuda"):
-        return
+        return None
+    from torch._dynamo.utils import counters
+
     backend = cfg.get("torch_compile_backend") or "inductor"
     kwargs = {"mode": cfg["torch_compile_mode"]} if cfg.get("torch_compile_mode") else {}
+    before = counters["stats"]["unique_graphs"]
     engine.compile(backend=backend, compile_kwargs=kwargs)
     log(f"torch_compile: model compiled with backend {backend}" + (f", mode {kwargs['mode']}" if kwargs else "")
         + " (the first steps include compilation)")
+    return before
+
+
+def report_compiled(graphs_before: int | None, log) -> None:
+    """After training, what torch_compile did: engine.compile only wraps the module, and dynamo compiles a
+    graph when the wrapped forward runs; none compiled means every step ran the model uncompiled."""
+    if graphs_before is None:
+        return
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"] - graphs_before
+    log(f"torch_compile: {graphs} graph(s) compiled by dynamo and run in training" if graphs else
+        "torch_compile: warning: dynamo compiled no graph, so the model ran uncompiled")
 
 
 def run(argv: list[str] | None = None) -> int:
     """main(), recording this rank's pid and, if it fails, its error for the launching process."""
-    from ds_tp.runfiles import PreparedRun, record_rank_error, record_rank_start
+    from ds_tp.runfiles import PreparedRun, record_rank_end, record_rank_error, record_rank_start
 
     args = (argv if argv is not None else sys.argv[1:])
     run_file = args[args.index("--run-file") + 1] if "--run-file" in args else None
@@ -153,7 +171,10 @@ def run(argv: list[str] | None = None) -> int:
     if output_dir:
         record_rank_start(output_dir, rank)
     try:
-        return main(argv)
+        code = main(argv)
+        if output_dir:
+            record_rank_end(output_dir, rank)
+        return code
     except Exception as exc:
         if output_dir:
             record_rank_error(output_dir, rank, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")

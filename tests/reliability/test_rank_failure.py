@@ -32,3 +32,26 @@ def test_killed_rank_is_named_and_nothing_hangs(tmp_path):
     result = CliRunner().invoke(main, ["export", str(done[-1]), str(tmp_path / "hf")])
     assert result.exit_code == 0, result.output
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "hf").config.num_hidden_layers == 4
+
+
+def test_a_rank_that_stops_responding_is_named_and_the_job_ends(tmp_path):
+    """fault: one rank stops responding (SIGSTOP: what a rank killed on another host, or a host gone from the network, looks like from here: no exit to see, and its peers wait in a collective until ddp_timeout)
+    does: its heartbeat stops; after ddp_timeout / 2 (15 s here) ds-tp names it, ends the launcher and this host's ranks, and exits non-zero well before ddp_timeout
+    lost: the steps after the last checkpoint"""
+    import time
+
+    out, log_path = tmp_path / "run", tmp_path / "run.log"
+    args = ["--max-steps", "400", "--save-steps", "2", "--logging-steps", "1", "--sequence-len", "64",
+            "--ddp-timeout", "30", "--output-dir", out, "--dataset-prepared-path", tmp_path / "prep"]
+    with training_job(args, log_path) as job:
+        wait_for(job, lambda: (out / "checkpoint-2" / "ds_tp_state.json").exists(), log_path)
+        rank1 = json.loads((out / "ds_tp" / "ranks" / "rank-1.json").read_text())
+        os.kill(rank1["pid"], signal.SIGSTOP)
+        stopped = time.monotonic()
+        job.wait(timeout=120)  # raises after 120 s: nothing ended the job
+        took = time.monotonic() - stopped
+    log = log_path.read_text()
+    assert job.returncode != 0 and took < 30, (took, log[-3000:])  # before the collectives' own 30 s timeout
+    assert f"rank 1 (pid {rank1['pid']}" in log and "stopped responding" in log, log[-3000:]
+    assert not survivors(out)
+    assert existing_checkpoints(out)
