@@ -222,7 +222,10 @@ def preprocess(ctx, config, plugin_modules):
     cfg = load_config(config, ctx.args, None, plugin_modules)
     _print_findings(cfg)
     tokenizer = load_tokenizer(resolve_model_path(cfg.values["base_model"], cfg.source.parent), cfg.values)
-    prepared = prepare_datasets(cfg.values, tokenizer, config_dir=cfg.source.parent)
+    try:
+        prepared = prepare_datasets(cfg.values, tokenizer, config_dir=cfg.source.parent)
+    except UserError as exc:
+        raise cfg.at_keys(exc) from None
     state = "already cached" if prepared.cache_hit else "prepared"
     click.echo(f"{state}: {prepared.train_rows} train rows, {prepared.eval_rows} eval rows, "
                f"{prepared.dropped_long} dropped as too long -> {prepared.path}")

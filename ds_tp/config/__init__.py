@@ -6,6 +6,7 @@ file:line:col of its key; warnings and notices come back on the Config for the C
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,15 @@ class Config:
 
     def where(self, path: tuple) -> str:
         return locate(self.source, self.marks, path)
+
+    def at_keys(self, exc: "UserError") -> "UserError":
+        """exc with every problem that names a key but no place put at that key's line in this config."""
+        import re
+
+        def path_of(key: str) -> tuple:
+            return tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", key))
+        return UserError([dataclasses.replace(p, where=self.where(path_of(p.key))) if p.key and not p.where else p
+                          for p in exc.problems])
 
 
 def locate(source: Path, marks: dict, path: tuple) -> str:
@@ -68,19 +78,21 @@ def load_config(
     cloud = rules.cloud_config(data)
     if cloud is not None:
         raise UserError([to_problem(source, marks, cloud)])
-    findings = rules.rename_legacy(data, renamed_keys())
+    findings = rules.rename_legacy(data, renamed_keys(), marks)
     schema_findings = validate(data)
     findings += schema_findings
     bad = {f.path[0] for f in schema_findings if f.level == "error" and f.path}
     bad |= {f.path[0] for f in findings if f.level == "error" and f.path}
     findings += rules.exclusive(data, bad)
     bad |= {f.path[0] for f in findings if f.level == "error" and f.path}
-    findings += rules.normalise(data, bad, top_level_defaults())
+    defaults = top_level_defaults()
+    defaulted = {key for key in defaults if key not in data}
+    findings += rules.normalise(data, bad, defaults)
     if "plugins" not in bad:  # before cross_field: known plugins switch ds-tp settings on
         from ds_tp.plugins import plugin_findings
 
         findings += plugin_findings(data, plugin_modules)
-    findings += rules.cross_field(data, bad)
+    findings += rules.cross_field(data, bad, defaulted)
     layout = None
     if not bad & {"dp_replicate_size", "dp_shard_size", "tensor_parallel_size", "context_parallel_size"}:
         layout, layout_findings = resolve_layout(data, resolve_world(data, world_size, gpu_count))

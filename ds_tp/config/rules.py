@@ -85,8 +85,10 @@ def chat_template_names(data: dict, bad: set[str]) -> list[Finding]:
     return found
 
 
-def rename_legacy(data: dict, renamed: dict[str, str] | None = None) -> list[Finding]:
-    """Old spellings Axolotl still accepts, renamed with a notice (renamed: old -> new, from the schema)."""
+def rename_legacy(data: dict, renamed: dict[str, str] | None = None, marks: dict | None = None) -> list[Finding]:
+    """Old spellings Axolotl still accepts, renamed with a notice (renamed: old -> new, from the schema).
+    marks (key path -> position, from the YAML): a moved value keeps the line of the key the file spells,
+    so an error in it found under the new name still points at that line."""
     found: list[Finding] = []
     for old, new in (renamed or {}).items():
         if old not in data:
@@ -95,6 +97,7 @@ def rename_legacy(data: dict, renamed: dict[str, str] | None = None) -> list[Fin
             found.append(Finding((old,), f"conflicts with {new}", f"{old} is the old name of {new}: keep only {new}"))
             continue
         data.setdefault(new, data.pop(old))
+        _carry_marks(marks, (old,), (new,))
         found.append(Finding((old,), f"is the old name of {new}: read as {new}", level="notice"))
     if "sequence_parallel_degree" in data:
         old = data.pop("sequence_parallel_degree")
@@ -108,6 +111,7 @@ def rename_legacy(data: dict, renamed: dict[str, str] | None = None) -> list[Fin
             )
         else:
             data.setdefault("context_parallel_size", old)
+            _carry_marks(marks, ("sequence_parallel_degree",), ("context_parallel_size",))
             found.append(
                 Finding(("sequence_parallel_degree",), "is the old name of context_parallel_size", level="notice")
             )
@@ -115,6 +119,7 @@ def rename_legacy(data: dict, renamed: dict[str, str] | None = None) -> list[Fin
     if isinstance(fsdp, dict):
         for key in [k for k in fsdp if isinstance(k, str) and k.startswith("fsdp_")]:
             fsdp.setdefault(key[5:], fsdp.pop(key))
+            _carry_marks(marks, ("fsdp_config", key), ("fsdp_config", key[5:]))
             found.append(
                 Finding(("fsdp_config", key), f"read as {key[5:]} (the fsdp_ prefix is dropped)", level="notice")
             )
@@ -129,6 +134,7 @@ def rename_legacy(data: dict, renamed: dict[str, str] | None = None) -> list[Fin
             )
         else:
             data["special_tokens"] = data.pop("tokens")
+            _carry_marks(marks, ("tokens",), ("special_tokens",))
             found.append(
                 Finding(
                     ("tokens",),
@@ -148,6 +154,7 @@ def rename_legacy(data: dict, renamed: dict[str, str] | None = None) -> list[Fin
             )
         else:
             data["warmup_ratio"] = data.pop("warmup_steps")
+            _carry_marks(marks, ("warmup_steps",), ("warmup_ratio",))
             found.append(
                 Finding(
                     ("warmup_steps",),
@@ -160,11 +167,20 @@ def rename_legacy(data: dict, renamed: dict[str, str] | None = None) -> list[Fin
         entries = data.get(list_key)
         for index, entry in enumerate(entries if isinstance(entries, list) else []):
             if isinstance(entry, dict):
-                found += _legacy_message_fields(entry, (list_key, index))
+                found += _legacy_message_fields(entry, (list_key, index), marks)
     return found
 
 
-def _legacy_message_fields(entry: dict, where: tuple) -> list[Finding]:
+def _carry_marks(marks: dict | None, old: tuple, new: tuple) -> None:
+    """The marks of old's subtree copied to new (old keeps its own, for the notice at it); nothing when the
+    file also spells new."""
+    if marks is None or new in marks:
+        return
+    for path in [p for p in marks if p[: len(old)] == old]:
+        marks.setdefault(new + path[len(old) :], marks[path])
+
+
+def _legacy_message_fields(entry: dict, where: tuple, marks: dict | None = None) -> list[Finding]:
     """message_field_role / message_field_content: Axolotl's old spellings of message_property_mappings."""
     found: list[Finding] = []
     for prop in ("role", "content"):
@@ -186,6 +202,7 @@ def _legacy_message_fields(entry: dict, where: tuple) -> list[Finding]:
             )
             continue
         mappings[prop] = value
+        _carry_marks(marks, (*where, old), (*where, "message_property_mappings", prop))
         found.append(
             Finding(
                 (*where, old),
@@ -352,7 +369,9 @@ def dataset_types(data: dict, bad: set[str]) -> list[Finding]:
     return found
 
 
-def cross_field(data: dict, bad: set[str]) -> list[Finding]:
+def cross_field(data: dict, bad: set[str], defaulted: set[str] | frozenset = frozenset()) -> list[Finding]:
+    """defaulted: the keys normalise filled in (the file does not set them), so a rule about two keys is
+    reported at the one the file sets, where its line is."""
     found: list[Finding] = dataset_types(data, bad)
     if not data.get("datasets") and "datasets" not in bad:
         found.append(
@@ -369,11 +388,13 @@ def cross_field(data: dict, bad: set[str]) -> list[Finding]:
     if not {"context_parallel_size", "sequence_len", "micro_batch_size"} & bad and isinstance(cp, int) and cp > 1:
         seq = data.get("sequence_len", 512)
         if isinstance(seq, int) and seq % cp:
+            default = "sequence_len" in defaulted
             found.append(
                 Finding(
-                    ("sequence_len",),
-                    f"sequence_len {seq} is not divisible by context_parallel_size {cp}",
-                    f"use a multiple of {cp}",
+                    ("context_parallel_size",) if default else ("sequence_len",),
+                    f"sequence_len {seq}{' (the default)' if default else ''} is not divisible by "
+                    f"context_parallel_size {cp}",
+                    f"set sequence_len to a multiple of {cp}" if default else f"use a multiple of {cp}",
                 )
             )
         if data.get("sample_packing") and data.get("micro_batch_size") != 1:

@@ -6,6 +6,7 @@ key path maps to the line and column of its key. safe_load semantics only: no Py
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,12 @@ def read_config_text(path: Path) -> str:
         raise UserError(f"{path}: {len(raw)} bytes is too large for a config (limit {MAX_CONFIG_BYTES})")
     if b"\x00" in raw:
         raise UserError(f"{path}: binary file (contains NUL bytes), not a YAML config")
+    body = raw.removeprefix(codecs.BOM_UTF8)  # decoded alone, so the error's offset is into the file's lines
     try:
-        text = raw.decode("utf-8-sig")
+        text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text (byte {exc.start})") from None
+        line = body[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte {exc.start + len(raw) - len(body)})") from None
     if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
         raise UserError(f"{path}: empty config (expected a mapping with base_model, datasets, ...)")
     return text

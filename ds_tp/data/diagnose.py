@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from pathlib import Path
 
 MAX_SCANNED_BYTES = 512 << 20  # the diagnosis reads the file whole; past this size it reports less
@@ -37,7 +38,7 @@ def non_utf8_problem(path: Path) -> str | None:
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            return "ends in the middle of a UTF-8 character; save the file as UTF-8"
+            return f"line {lines_before + 1}: ends in the middle of a UTF-8 character; save the file as UTF-8"
     return None
 
 
@@ -52,7 +53,9 @@ def utf8_problem(data: bytes) -> str | None:
 
 
 def json_problem(text: str) -> str | None:
-    """The first malformed spot of a JSON file (one document) or JSON Lines file (one object a line)."""
+    """The first malformed spot of a JSON file (one document) or JSON Lines file (one object a line).
+    Lines end at newlines only, as the reader and editors count them (str.splitlines would also
+    break at form feeds and U+2028)."""
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -60,9 +63,10 @@ def json_problem(text: str) -> str | None:
             return f"line {exc.lineno}: malformed JSON: {exc.msg} (column {exc.colno})"
     else:
         if isinstance(document, dict) or (isinstance(document, list) and all(isinstance(i, dict) for i in document)):
-            return None
+            return big_integer_problem(text) or (None if any(document) else "every row is an empty JSON object")
         return "expected JSON objects (one per row)"
-    for number, line in enumerate(text.splitlines(), start=1):
+    rows = []
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -71,6 +75,22 @@ def json_problem(text: str) -> str | None:
             return f"line {number}: malformed JSON: {exc.msg} (column {exc.colno})"
         if not isinstance(value, dict):
             return f"line {number}: expected a JSON object per line, got {type(value).__name__}"
+        rows.append(value)
+    return big_integer_problem(text) or (None if any(rows) else "every row is an empty JSON object")
+
+
+# A JSON string, or an integer literal outside one (not the fraction or exponent of a float)
+_STRING_OR_INTEGER = re.compile(r'"(?:[^"\\]|\\.)*"|(?<![\d.eE+-])(-?\d+)(?![\d.eE])')
+
+
+def big_integer_problem(text: str) -> str | None:
+    """The first integer the reader's fallback (ujson) cannot hold: it says only "Value is too big!" and
+    a position inside its own buffer."""
+    for match in _STRING_OR_INTEGER.finditer(text):
+        if match[1] and not -(2**63) <= int(match[1]) < 2**64:
+            line = text.count("\n", 0, match.start()) + 1
+            return (f"line {line}: integer {match[1][:30]} does not fit in 64 bits, so the JSON reader "
+                    "cannot read it; write it as a string or a float")
     return None
 
 

@@ -21,18 +21,21 @@ def parse_hostfile(path: str | Path) -> list[Host]:
     """Hosts in file order; every bad line is one problem naming file:line."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: no such hostfile") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text, not a hostfile") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read hostfile ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = len(lines_of(raw[: exc.start].decode("utf-8")))
+        raise UserError(f"not UTF-8 text (byte {exc.start}), not a hostfile", where=f"{path}:{line}") from None
     hosts: list[Host] = []
     seen: dict[str, int] = {}
     problems: list[Problem] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
+    for number, text_line in enumerate(lines_of(text), start=1):
+        line = text_line.split("#", 1)[0].strip()
         if not line:
             continue
         where = f"{path}:{number}"
@@ -54,6 +57,12 @@ def parse_hostfile(path: str | Path) -> list[Host]:
     if problems:
         raise UserError(problems)
     return hosts
+
+
+def lines_of(text: str) -> list[str]:
+    """Lines as DeepSpeed's launcher reads the hostfile (text mode: \\n, \\r\\n, \\r), and as editors number
+    them: str.splitlines would also break at form feeds, U+2028 and other separators."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def check_hosts_fit_layout(path: str | Path, hosts: list[Host], tp: int, cp: int) -> None:

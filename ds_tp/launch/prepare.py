@@ -178,7 +178,10 @@ def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profi
     except UserError as exc:  # at the key's line in the YAML (or the flag that set it)
         raise UserError([dataclasses.replace(p, where=p.where or cfg.where((p.key,))) for p in exc.problems]) from None
     check_new_tokens_train(cfg, adapter, len(tokenizer), hf_config)
-    prepared = prepare_datasets(values, tokenizer, config_dir=cfg.source.parent)
+    try:
+        prepared = prepare_datasets(values, tokenizer, config_dir=cfg.source.parent)
+    except UserError as exc:
+        raise cfg.at_keys(exc) from None
     global_batch = effective_batch(values["micro_batch_size"], values["gradient_accumulation_steps"], cfg.layout)
     steps_per_epoch, total = schedule(values, prepared.train_rows, global_batch)
     facts = TrainFacts(hidden_size=shape.hidden, total_steps=total)

@@ -123,3 +123,18 @@ def test_csv_and_folder_sources_load(tmp_path):
     cfg = {"datasets": [{"path": "parts", "type": "alpaca"}], "sequence_len": 256,
            "dataset_prepared_path": str(tmp_path / "prepared")}
     assert prepare_datasets(cfg, tokenizer(), config_dir=tmp_path).train_rows == 3
+
+
+def test_dataset_error_at_a_config_key_names_the_yaml_line(tmp_path):
+    """A dataset problem found at a config key (a path that does not exist) points at that key's line."""
+    from click.testing import CliRunner
+
+    from ds_tp.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("base_model: builtin:tiny-llama\ndatasets:\n  - path: nowhere.jsonl\n    type: alpaca\n"
+                   f"output_dir: {tmp_path / 'o'}\n")
+    result = CliRunner().invoke(main, ["preprocess", str(cfg)])
+    errors = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    assert errors[0].startswith(f"error: {cfg}:3:5: datasets[0].path: no such file"), errors
