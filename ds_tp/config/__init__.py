@@ -41,8 +41,13 @@ class Config:
 
         def path_of(key: str) -> tuple:
             return tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", key))
-        return UserError([dataclasses.replace(p, where=self.where(path_of(p.key))) if p.key and not p.where else p
-                          for p in exc.problems])
+
+        return UserError(
+            [
+                dataclasses.replace(p, where=self.where(path_of(p.key))) if p.key and not p.where else p
+                for p in exc.problems
+            ]
+        )
 
 
 def locate(source: Path, marks: dict, path: tuple) -> str:
