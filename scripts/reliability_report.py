@@ -11,26 +11,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 NOTES = """\
-## Preemption and the launcher's kill timer
-
-`ds-tp train` runs the deepspeed launcher (or torchrun) in the user's process group, so a scheduler's
-SIGTERM reaches ds-tp, the launcher and every rank at once. The launcher then SIGTERMs each rank
-again and SIGKILLs whatever is left 30 s later (`terminate_process_tree` in deepspeed's launch.py;
-torchrun's agent behaves the same way). The ranks stop at the next step boundary they agree on
-(an asynchronous all-reduce over a CPU gloo group, read one boundary later) and save a checkpoint only
-when the seconds since the signal, one more step and the last save's duration fit in
-`preemption_grace_period` (default 25 s, under the 30 s timer; a longer value is warned about unless
-the ranks are signalled by something that waits longer, such as SLURM's KillWait). Otherwise they stop
-without starting a save the kill would cut short: the checkpoint before stays the last one, since
-saves are atomic (tmp-save-N renamed to checkpoint-N, `latest` written last). Either way `ds-tp train`
-exits with 75 (EX_TEMPFAIL) and names the checkpoint; `--auto-resume-from-checkpoints` continues.
-
 ## Fault injection
 
 `DS_TP_FAULT_NONFINITE_STEPS=3,4` makes rank 0's loss NaN on those (1-based) steps: the tests use it to
-exercise the non-finite path (skip, count, stop after `max_nonfinite_steps` in a row) on every ZeRO
-stage. Nothing else reads it.
+exercise the non-finite path (skip, count, stop after `max_nonfinite_steps` in a row). Nothing else reads it.
+How preemption, rank failures and `--overwrite` work is in the README's Training section; this page lists
+only what the tests assert.
 """
+
+FIELDS = ("fault", "does", "lost")
+
+
+def fields(doc: str) -> dict:
+    """fault/does/lost of a test's docstring; a field runs on over the lines that follow it."""
+    out: dict = {}
+    current = None
+    for line in doc.splitlines():
+        head, _, rest = line.strip().partition(": ")
+        if head in FIELDS:
+            current, out[head] = head, rest.strip()
+        elif current and line.strip():
+            out[current] += " " + line.strip()
+        else:
+            current = None
+    return out
 
 
 def cases() -> list[dict]:
@@ -38,11 +42,9 @@ def cases() -> list[dict]:
     for path in sorted((ROOT / "tests").rglob("test_*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
-                doc = ast.get_docstring(node) or ""
-                fields = dict(line.strip().split(": ", 1) for line in doc.splitlines()
-                              if line.strip().split(": ", 1)[0] in ("fault", "does", "lost"))
-                if len(fields) == 3:
-                    found.append({"file": str(path.relative_to(ROOT)), "test": node.name, **fields})
+                found_fields = fields(ast.get_docstring(node) or "")
+                if len(found_fields) == 3:
+                    found.append({"file": str(path.relative_to(ROOT)), "test": node.name, **found_fields})
     return found
 
 
@@ -70,7 +72,8 @@ def main() -> None:
              "each row is a test that ran (outcome in the last column).", "",
              "| fault or input | what ds-tp did | what was lost | test | outcome |", "|---|---|---|---|---|"]
     for c in found:
-        lines.append(f"| {c['fault']} | {c['does']} | {c['lost']} | `{c['file']}::{c['test']}` | "
+        fault, does, lost = (c[k].replace("|", "\\|") for k in FIELDS)
+        lines.append(f"| {fault} | {does} | {lost} | `{c['file']}::{c['test']}` | "
                      f"{result.get((c['file'], c['test']), 'not run')} |")
     lines += ["", *NOTES.splitlines()]
     (ROOT / "docs").mkdir(exist_ok=True)

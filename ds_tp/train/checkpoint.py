@@ -77,27 +77,36 @@ def rotate(output_dir: Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def agree_on_resume(checkpoint: Path | None) -> None:
+def agree_on_resume(checkpoint: Path | None, group) -> None:
     """Called by every rank before anything is loaded: each node picked its checkpoint on its own disk (or none),
-    so all ranks must name the same complete checkpoint-N, else the run stops here naming what each host found."""
+    so all ranks must name the same complete checkpoint-N, else the run stops here naming what each host found.
+    group: the CPU (gloo) control group, None on one rank. One small all-reduce; the names travel only on a
+    disagreement."""
+    if group is None:
+        return
     import socket
+    import zlib
 
-    import deepspeed.comm as dist
+    import torch.distributed as tdist
     mine: object = None
     if checkpoint is not None:
         try:
             mine = f"{checkpoint.name} (step {read_state(checkpoint)['step']})"
         except Exception as exc:  # noqa: BLE001 - a missing or unreadable state on this node is what we report
             mine = str(exc).splitlines()[0]
-    seen: list = [None] * dist.get_world_size()
-    dist.all_gather_object(seen, (socket.gethostname(), mine))
-    if len({repr(found) for _, found in seen}) > 1:
-        counts: dict = {}
-        for rank, (host, found) in enumerate(seen):
-            counts.setdefault((host, found or "no checkpoint"), []).append(rank)
-        raise RuntimeError("the ranks do not resume from the same checkpoint: " + "; ".join(
-            f"ranks {ranks} on {host}: {found}" for (host, found), ranks in counts.items())
-            + ": every node must hold the same complete checkpoint")
+    code = zlib.crc32(repr(mine).encode())
+    spread = torch.tensor([code, -code], dtype=torch.int64)
+    tdist.all_reduce(spread, op=tdist.ReduceOp.MAX, group=group)
+    if spread[0].item() == -spread[1].item():
+        return
+    seen: list = [None] * tdist.get_world_size(group)
+    tdist.all_gather_object(seen, (socket.gethostname(), mine), group=group)
+    counts: dict = {}
+    for rank, (host, found) in enumerate(seen):
+        counts.setdefault((host, found or "no checkpoint"), []).append(rank)
+    raise RuntimeError("the ranks do not resume from the same checkpoint: " + "; ".join(
+        f"ranks {ranks} on {host}: {found}" for (host, found), ranks in counts.items())
+        + ": every node must hold the same complete checkpoint")
 
 
 def load_checkpoint(engine, mesh, checkpoint: Path, trainable_only: bool = False) -> dict:

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         # first two steps would run at lr 0; one step here makes step k run at iteration k-1, as
         # transformers' warm-up schedules do (a resume restores the saved iteration instead).
         scheduler.step()
-    agree_on_resume(Path(plan.resume_from) if plan.resume_from else None)  # every rank, resuming or not
+    agree_on_resume(Path(plan.resume_from) if plan.resume_from else None, mesh.control_group)  # every rank
     if plan.resume_from:
         state = load_checkpoint(engine, mesh, Path(plan.resume_from), trainable_only=run.adapter is not None)
         start = int(state["step"])

@@ -70,7 +70,9 @@ def test_resume_with_another_layout_is_refused(run_a, tmp_path):
     with pytest.raises(UserError) as info:
         prepare_training(QUICKSTART, [*FAST, "--output-dir", str(tmp_path / "C"), "--dp-shard-size", "1",
                                       "--resume-from-checkpoint", str(a_out / "checkpoint-3")], 1)
-    assert "resume on the same layout" in str(info.value)
+    said = str(info.value)
+    assert "resume on the same layout" in said and "'dp_shard': 2" in said and "'dp_shard': 1" in said, said
+    assert "ds-tp export" in said
 
 
 def test_foreign_output_dir_is_not_overwritten(run_a):
@@ -80,7 +82,8 @@ def test_foreign_output_dir_is_not_overwritten(run_a):
     a_out, _ = run_a
     with pytest.raises(UserError) as info:
         prepare_training(QUICKSTART, [*FAST, "--output-dir", str(a_out)], 2)
-    assert "already holds a run" in str(info.value) and "--overwrite" in str(info.value)
+    said = str(info.value)
+    assert "already holds a run" in said and "--overwrite" in said and "--auto-resume-from-checkpoints" in said
 
 
 def test_export_command_turns_a_checkpoint_into_a_model(run_a, tmp_path):

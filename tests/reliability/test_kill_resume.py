@@ -27,7 +27,7 @@ def test_kill_9_after_checkpoint_then_auto_resume(tmp_path):
     code, log = ds_tp("train", EXAMPLES / "quickstart.yaml", *common, "--output-dir", out,
                       "--auto-resume-from-checkpoints")
     assert code == 0, log[-3000:]
-    assert "resumed from" in log
+    assert f"resumed from {(out / 'checkpoint-4').resolve()} at step 4" in log, log[-3000:]
     rows = metrics(out)
     steps = [r["step"] for r in rows]
     assert steps == list(range(1, 11)), steps  # cut back to the checkpoint, then continued: one clean run

@@ -84,17 +84,21 @@ def test_nan_steps_in_a_row_stop_the_run(tmp_path, monkeypatch):
         train(out, [*SHARP, "--max-steps", "6", "--save-steps", "1", "--max-nonfinite-steps", "2",
                     "--dp-shard-size", "1"], 1)
     assert "NonFiniteTraining" in str(info.value) and "2 optimizer steps in a row skipped" in str(info.value)
+    assert "max_nonfinite_steps 2" in str(info.value)
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
     one = _weights(out / "checkpoint-1", tmp_path / "hf1")
     assert all(torch.isfinite(v).all() for v in one.values())
 
 
 def test_a_diverging_learning_rate_stops_the_run(tmp_path):
-    """fault: a learning rate that makes the fp32 weights non-finite after one step
-    does: every later step has a non-finite loss and is skipped; after max_nonfinite_steps in a row training stops with a message
-    lost: the steps after the last checkpoint, which holds finite weights"""
+    """fault: a learning rate (1e30, no clipping) that makes the fp32 weights non-finite after one step
+    does: every later step has a non-finite loss and is skipped (counted in skipped_steps); after max_nonfinite_steps (3) in a row training stops with a message naming the limit
+    lost: the steps after the last checkpoint"""
     with pytest.raises(RuntimeError) as info:
         train(tmp_path / "nan", ["--max-steps", "8", "--logging-steps", "1", "--sequence-len", "64", "--optimizer",
                                  "sgd", "--learning-rate", "1e30", "--max-grad-norm", "0", "--lr-scheduler",
                                  "constant", "--dp-shard-size", "1", "--max-nonfinite-steps", "3"], 1)
-    assert "3 optimizer steps in a row skipped" in str(info.value)
+    assert "3 optimizer steps in a row skipped" in str(info.value) and "max_nonfinite_steps 3" in str(info.value)
+    rows = read_metrics(tmp_path / "nan")
+    assert math.isfinite(rows[0]["loss"]) and all(not math.isfinite(r["loss"]) for r in rows[1:]), rows
+    assert [r["skipped_steps"] for r in rows] == list(range(len(rows))) and len(rows) == 4

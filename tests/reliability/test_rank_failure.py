@@ -26,7 +26,7 @@ def test_killed_rank_is_named_and_nothing_hangs(tmp_path):
         job.wait(timeout=120)  # raises after 120 s: the failure did not end the job
     log = log_path.read_text()
     assert job.returncode != 0
-    assert f"rank 1 (pid {rank1['pid']}" in log and "failed first" in log, log[-3000:]
+    assert f"rank 1 (pid {rank1['pid']} on {rank1['host']}) failed first" in log, log[-3000:]
     assert not survivors(out)
     done = existing_checkpoints(out)
     result = CliRunner().invoke(main, ["export", str(done[-1]), str(tmp_path / "hf")])
