@@ -24,6 +24,9 @@ def _entry(fn, rank: int, world: int, port: int, args: tuple, errors) -> None:
         import torch
         torch.set_num_threads(1)
         fn(*args)
+        import torch.distributed as tdist
+        if tdist.is_initialized():  # gloo's threads stopped in order, not by the interpreter's teardown
+            tdist.destroy_process_group()
     except BaseException:  # report to the parent, then fail this rank
         errors.put((rank, traceback.format_exc()))
         raise

@@ -174,6 +174,9 @@ def run(argv: list[str] | None = None) -> int:
         code = main(argv)
         if output_dir:
             record_rank_end(output_dir, rank)
+        import torch.distributed as tdist
+        if tdist.is_initialized():  # gloo's threads stopped in order, not by the interpreter's teardown
+            tdist.destroy_process_group()
         return code
     except Exception as exc:
         if output_dir:

@@ -14,17 +14,16 @@ RUN = ["--max-steps", "12", "--logging-steps", "1", "--sequence-len", "64"]
 
 def _signal_at_step(tmp_path, common, out, step: int, sig=signal.SIGTERM, rank: int | None = None):
     """Start `ds-tp train`; once metrics show `step`, send `sig` to its whole process group (or to one rank's pid
-    only); (exit code, log, the last step logged when the signal was sent)."""
+    only); (exit code, log, the last step logged when the signal was sent: read just after sending it, so a step
+    that ended in between counts as before the signal)."""
     log_path = tmp_path / "signal.log"
     with training_job(common, log_path) as job:
         wait_for(job, lambda: any(r.get("step") == step for r in metrics(out)), log_path)
         if rank is None:
-            sent = max(r["step"] for r in metrics(out))
             os.killpg(job.pid, sig)
         else:
-            pid = json.loads((out / "ds_tp" / "ranks" / f"rank-{rank}.json").read_text())["pid"]
-            sent = max(r["step"] for r in metrics(out))
-            os.kill(pid, sig)
+            os.kill(json.loads((out / "ds_tp" / "ranks" / f"rank-{rank}.json").read_text())["pid"], sig)
+        sent = max(r["step"] for r in metrics(out))
         job.wait(timeout=120)
     return job.returncode, log_path.read_text(), sent
 
