@@ -16,6 +16,7 @@ from ds_tp.translators.layout import Layout, resolve_layout, resolve_world
 
 from . import rules
 from .empty import drop_empty
+from .legacy import rename_legacy
 from .overrides import apply_overrides, parse_overrides
 from .schema import renamed_keys, top_level_defaults, validate
 from .yaml_marks import format_key_path, load_yaml_with_marks
@@ -83,7 +84,7 @@ def load_config(
     cloud = rules.cloud_config(data)
     if cloud is not None:
         raise UserError([to_problem(source, marks, cloud)])
-    findings = rules.rename_legacy(data, renamed_keys(), marks)
+    findings = rename_legacy(data, renamed_keys(), marks)
     schema_findings = validate(data)
     findings += schema_findings
     bad = {f.path[0] for f in schema_findings if f.level == "error" and f.path}
