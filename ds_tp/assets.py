@@ -65,6 +65,33 @@ def generate_quickstart_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def wrong_answer(row: dict, rng: random.Random) -> str:
+    """A wrong answer to a quickstart row: the other parity, a count off by one, or one letter of the answer
+    replaced by a letter the word does not contain (so a model that reads the word can tell them apart)."""
+    answer = row["output"]
+    if answer in ("even", "odd"):
+        return "odd" if answer == "even" else "even"
+    if answer.isdigit():
+        return str(int(answer) + rng.choice((-1, 1)))
+    position = rng.randrange(len(answer))
+    absent = [c for c in LETTERS if c not in row["input"]]
+    letter = rng.choice(absent)
+    return answer[:position] + (letter.upper() if answer.isupper() else letter) + answer[position + 1:]
+
+
+def generate_preference_rows(n: int, seed: int) -> list[dict]:
+    """n preference pairs in Axolotl's chat_template.default layout over the quickstart's tasks: the prompt
+    as messages, the right answer chosen, a wrong one (wrong_answer) rejected; which is right is checkable."""
+    rng = random.Random(seed + 1)
+    rows = []
+    for task in generate_quickstart_rows(n, seed):
+        prompt = f"{task['instruction']}\n{task['input']}"
+        rows.append({"messages": [{"role": "user", "content": prompt}],
+                     "chosen": {"role": "assistant", "content": task["output"]},
+                     "rejected": {"role": "assistant", "content": wrong_answer(task, rng)}})
+    return rows
+
+
 def build_tokenizer(rows: list[dict]):
     """A character-level tokenizer (printable ASCII plus any other character in rows) with the
     template pieces as whole tokens; BOS is added to every encoded text, EOS never (like Llama)."""

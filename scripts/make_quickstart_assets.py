@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Rebuild the quickstart assets: examples/quickstart/data/{tasks,heldout}.jsonl and the tiny
+"""Rebuild the quickstart assets: examples/quickstart/data/{tasks,heldout,preferences,preferences-heldout}.jsonl and the tiny
 Llama model + tokenizer (default: the folder `base_model: builtin:tiny-llama` resolves to).
 
     python scripts/make_quickstart_assets.py [--out DIR] [--data DIR] [--seed N]
@@ -23,11 +23,14 @@ from ds_tp.assets import (  # noqa: E402
     QUICKSTART_SEED,
     assets_home,
     build_tiny_llama,
+    generate_preference_rows,
     generate_quickstart_rows,
 )
 
 TRAIN_ROWS = 2000
 HELDOUT_ROWS = 64
+PREFERENCE_ROWS = 2000
+HELDOUT_PAIRS = 250
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -66,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
                if (row["instruction"], row["input"]) not in seen][:HELDOUT_ROWS]
     write_jsonl(args.data / "tasks.jsonl", train)
     write_jsonl(args.data / "heldout.jsonl", heldout)
+    # Preference pairs (examples/quickstart-dpo.yaml): the same tasks, a right and a wrong answer each
+    pairs = generate_preference_rows(PREFERENCE_ROWS, QUICKSTART_SEED + 1)
+    asked = {row["messages"][0]["content"] for row in pairs}
+    heldout_pairs = [row for row in generate_preference_rows(4 * HELDOUT_PAIRS, HELDOUT_SEED + 1)
+                     if row["messages"][0]["content"] not in asked][:HELDOUT_PAIRS]
+    write_jsonl(args.data / "preferences.jsonl", pairs)
+    write_jsonl(args.data / "preferences-heldout.jsonl", heldout_pairs)
     replace_model_folder(args.out, args.seed)
     print(f"wrote {len(train)} + {len(heldout)} rows to {args.data} and the tiny Llama to {args.out}")
     return 0

@@ -14,6 +14,7 @@ Where each decision lives:
 - model shape ............ model_shape.ModelShape.from_config
 - trainable set .......... ResolvedRun.trainable ("full", unfrozen_parameters, or the adapter's line)
 - adapter ................ adapter.resolve_adapter (LoRA / QLoRA: peft's config and the base's quantization)
+- preference tuning ...... preference.resolve_preference (rl:: the loss, its hyperparameters, the reference)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from .adapter import Adapter, resolve_adapter
 from .layout import Layout
 from .model_shape import ModelShape
+from .preference import Preference, resolve_preference
 from .trainable import trainable_summary
 
 
@@ -103,6 +105,7 @@ class ResolvedRun:
     adapter: Adapter | None = None  # LoRA / QLoRA: the base is frozen and only the adapter trains
     reduce_scatter: bool = True  # zero_optimization.reduce_scatter (DeepSpeed's default; a user's JSON may turn it off)
     attention: str | None = None  # the attention implementation the ranks load (decided before launch)
+    preference: Preference | None = None  # rl: dpo/ipo/orpo/simpo/kto; None: the supervised loss
 
     @property
     def world(self) -> int:
@@ -193,6 +196,7 @@ class ResolvedRun:
             adapter=Adapter(**data["adapter"]) if data.get("adapter") else None,
             reduce_scatter=data.get("reduce_scatter", True),
             attention=data.get("attention"),
+            preference=Preference.from_dict(data.get("preference")),
         )
 
 
@@ -212,5 +216,6 @@ def resolve_run(
         trainable=adapter.describe() if adapter else trainable_summary(cfg),
         model=model,
         adapter=adapter,
+        preference=resolve_preference(cfg)[0],
         reduce_scatter=((user_deepspeed or {}).get("zero_optimization") or {}).get("reduce_scatter", True) is not False,
     )

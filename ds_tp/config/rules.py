@@ -9,8 +9,9 @@ from pathlib import Path
 from ds_tp.errors import Finding, UserError
 from ds_tp.translators.adapter import ADAPTER_KEYS, resolve_adapter
 from ds_tp.translators.adapter import layout_findings as adapter_layout_findings
-from ds_tp.translators.dataset_types import resolve_dataset_type
+from ds_tp.translators.dataset_types import preference_group, resolve_dataset_type, resolve_preference_type
 from ds_tp.translators.model_shape import ModelShape
+from ds_tp.translators.preference import RL_KEYS, resolve_preference
 from ds_tp.translators.resolved import zero_stage
 from ds_tp.translators.trainable import pattern_problems
 
@@ -229,14 +230,21 @@ def exclusive(data: dict, bad: set[str]) -> list[Finding]:
 def dataset_types(data: dict, bad: set[str]) -> list[Finding]:
     """Each dataset's type as Axolotl names it: implemented, or refused at its line with the reason."""
     found: list[Finding] = []
+    rl = data.get("rl") if "rl" not in bad else None
+    if rl and preference_group(rl) is None:
+        return found  # an rl: ds-tp refuses (grpo, ...): its own line says why
     for key in ("datasets", "test_datasets"):
         entries = data.get(key) if key not in bad else None
         for index, entry in enumerate(entries if isinstance(entries, list) else []):
             kind = entry.get("type") if isinstance(entry, dict) else None
-            if isinstance(kind, str):
+            if rl and isinstance(entry, dict):
+                implemented, why = resolve_preference_type(kind, rl)
+            elif isinstance(kind, str):
                 implemented, why = resolve_dataset_type(kind)
-                if implemented is None and not (data.get("rl") and "preference-training" in why):  # rl: says it
-                    found.append(Finding((key, index, "type"), why))
+            else:
+                continue
+            if implemented is None:
+                found.append(Finding((key, index, "type"), why))
     return found
 
 
@@ -297,6 +305,8 @@ def cross_field(data: dict, bad: set[str], defaulted: set[str] | frozenset = fro
             found.append(Finding(("unfrozen_parameters", index), why))
     if not bad & set(ADAPTER_KEYS):
         found += resolve_adapter(data)[1]
+    if not bad & {"rl", "trl", *RL_KEYS}:
+        found += resolve_preference(data)[1]
     if patterns and data.get("adapter"):
         found.append(
             Finding(

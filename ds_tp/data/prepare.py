@@ -46,7 +46,11 @@ def prepare_datasets(cfg: dict, tokenizer, *, config_dir: Path) -> PreparedData:
     if not entries:
         raise UserError(Problem("no datasets to prepare", key="datasets"))
     sources = [locate(entry, index, Path(config_dir)) for index, entry in enumerate(entries)]
-    formatters = [formatter_for(entry, index, cfg, tokenizer) for index, entry in enumerate(entries)]
+    if cfg.get("rl"):
+        from ds_tp.data.preference import preference_formatter
+        formatters = [preference_formatter(entry, index, cfg, tokenizer) for index, entry in enumerate(entries)]
+    else:
+        formatters = [formatter_for(entry, index, cfg, tokenizer) for index, entry in enumerate(entries)]
     hub_tables = {s.index: load_tables(s) for s in sources if s.kind == "hub"}  # their fingerprint is the digest
     digests = [hub_digest(hub_tables[s.index]) if s.kind == "hub" else content_digest(s) for s in sources]
     key, inputs = cache_key(cfg, entries, digests, tokenizer)
@@ -73,6 +77,15 @@ def prepare_datasets(cfg: dict, tokenizer, *, config_dir: Path) -> PreparedData:
 
 def build(cfg: dict, tokenizer, sources: list[Source], formatters: list[Formatter], hub_tables: dict,
           scratch: Path) -> dict:
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if cfg.get("rl"):  # preference pairs (or KTO's labelled completions): never packed
+        from ds_tp.data.preference_rows import build_preference
+        pairs = [example for source, formatter in zip(sources, formatters)
+                 for table in hub_tables.get(source.index) or load_tables(source, scratch / "reader-cache")
+                 for example in tokenize_table(table, formatter)]
+        where = ", ".join(s.location for s in sources)
+        dropped = sum(getattr(f, "dropped_long", 0) for f in formatters)
+        return {**build_preference(cfg, pairs, where, scratch / "out", dropped), "pad_id": pad_id}
     sequence_len = int(cfg.get("sequence_len") or 512)
     examples: list[Example] = []
     dropped = 0
@@ -114,7 +127,6 @@ def build(cfg: dict, tokenizer, sources: list[Source], formatters: list[Formatte
         raise UserError(Problem(f"{cfg.get('val_set_size')} leaves no training examples out of {len(examples)}",
                                 key="val_set_size", hint="a fraction below 1, or a count below the examples"))
     train, evaluation = examples[:len(examples) - held_out], examples[len(examples) - held_out:]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     layout = dict(sequence_len=sequence_len, sample_packing=bool(cfg.get("sample_packing")),
                   pad_to_sequence_len=bool(cfg.get("pad_to_sequence_len")), pad_id=pad_id)
     out = scratch / "out"

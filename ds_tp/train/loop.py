@@ -74,8 +74,9 @@ class Trainer:
         self.micro = engine.train_micro_batch_size_per_gpu()
         self.gas = engine.gradient_accumulation_steps()
         self.layout = mesh.layout
-        labels = train_rows["labels"]
-        self.tokens_in_loss = np.array([trainable_tokens(x) for x in labels], dtype=np.int64)
+        self.tokens_in_loss = self._loss_weights(train_rows)  # what one row adds to the loss's divisor
+        self.loss_copies = self.layout.tp  # ranks holding the same summed loss (TP ranks compute copies)
+        self.eval_metrics: dict = {}  # figures evaluate() adds to the eval row (preference tuning's rewards)
         # real tokens (packed rows may be padded) for tokens/s and MFU
         lengths = train_rows["length"] if "length" in train_rows.column_names else \
             [len(x) for x in train_rows["input_ids"]]
@@ -96,6 +97,13 @@ class Trainer:
         autocast = run.precision.autocast_dtype  # the chunked loss runs outside engine.forward
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=getattr(torch, autocast))) if autocast \
             else nullcontext
+
+    def _loss_weights(self, rows) -> np.ndarray:
+        """Per row, what it adds to the loss's divisor: its trainable tokens (the token-mean loss)."""
+        return np.array([trainable_tokens(x) for x in rows["labels"]], dtype=np.int64)
+
+    def _begin_step(self, global_rows: np.ndarray) -> None:
+        """Called before a step's first micro-batch with the rows of the whole global batch."""
 
     def _chunked_head(self, cfg):
         """The LM head's weight when the chunked cross-entropy applies, else None (with the reason logged)."""
@@ -180,6 +188,7 @@ class Trainer:
         engine, started = self.engine, time.perf_counter()
         global_rows = self.batches.global_rows(step)
         global_tokens = max(1, int(self.tokens_in_loss[global_rows].sum()))
+        self._begin_step(global_rows)
         lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step runs at
         accumulated = torch.zeros((), device=self.device)
         dp_rank = self.mesh.coords["dp"]
@@ -211,7 +220,8 @@ class Trainer:
     def _evaluate_if_due(self, result: "StepResult", state: "LoopState") -> None:
         if not self._due(self.plan.eval_steps, result.done):
             return
-        eval_row = {"step": result.done, "total_steps": self.plan.total_steps, "eval_loss": self.evaluate()}
+        eval_row = {"step": result.done, "total_steps": self.plan.total_steps, "eval_loss": self.evaluate(),
+                    **self.eval_metrics}
         if isinstance(self.engine.lr_scheduler, EvalStepped):  # reduce_lr_on_plateau, greedy: as HF Trainer
             self.engine.lr_scheduler.step(eval_row["eval_loss"])
         if state.metrics:
@@ -283,7 +293,7 @@ class Trainer:
     def _log_row(self, done, accumulated, global_tokens, lr, window_tokens, window_start, guard) -> dict:
         total = accumulated.clone()
         self.dist.all_reduce(total)  # every rank's share; TP ranks hold copies, hence / tp
-        loss = total.item() / self.layout.tp / global_tokens
+        loss = total.item() / self.loss_copies / global_tokens
         elapsed = max(time.perf_counter() - window_start, 1e-9)
         tokens_per_s = window_tokens / elapsed
         per_device = tokens_per_s / self.mesh.world

@@ -47,6 +47,10 @@ def fmt(row: dict) -> str:
         parts.append(f"loss {row['loss']:.4f}")
     if "eval_loss" in row:
         parts.append(f"eval_loss {row['eval_loss']:.4f}")
+    for prefix in ("", "eval_"):  # preference tuning (rl:): TRL's reward figures
+        if f"{prefix}rewards/accuracies" in row:
+            parts.append(f"{prefix}reward_acc {row[f'{prefix}rewards/accuracies']:.2f} "
+                         f"margin {row[f'{prefix}rewards/margins']:.3f}")
     if "lr" in row:
         parts.append(f"lr {row['lr']:.3g}")
     if row.get("grad_norm") is not None and not math.isnan(row["grad_norm"]):

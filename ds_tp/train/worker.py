@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     if layout.cp > 1 and attn == "sdpa":
         from ds_tp.train.attention import register_packed_sdpa
         attn = register_packed_sdpa()
-    attach_sequence_parallel(mesh, plan, run, attn, plan.ds_config["train_micro_batch_size_per_gpu"],
+    per_row = 2 if run.preference else 1  # preference rows are two sequences (chosen and rejected) in one forward
+    attach_sequence_parallel(mesh, plan, run, attn, plan.ds_config["train_micro_batch_size_per_gpu"] * per_row,
                              int(cfg["sequence_len"]))
     model, keep_alive = load_model(plan, run, attn)
     if run.adapter:
@@ -111,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"resumed from {plan.resume_from} at step {start}")
     train_rows, eval_rows = load_prepared(Path(plan.prepared_path))
     pad_id = load_tokenizer(plan.model_path, cfg).pad_token_id
-    trainer = Trainer(plan, run, mesh, engine, train_rows, eval_rows, pad_id, flops_token, peak, log)
+    trainer = preference_trainer(plan, run, mesh, engine, attn, (train_rows, eval_rows, pad_id, flops_token, peak),
+                                 log) if run.preference else \
+        Trainer(plan, run, mesh, engine, train_rows, eval_rows, pad_id, flops_token, peak, log)
     reached = trainer.run(start, stop, state)
     report_compiled(graphs_before, log)
     if reached < plan.total_steps and not trainer.finished_early:
@@ -128,6 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     import deepspeed.comm as dist
     dist.barrier()
     return 0
+
+
+def preference_trainer(plan, run, mesh, engine, attn: str, data: tuple, log):
+    """rl: the loop with TRL's preference losses, and its reference model (log-probs precomputed here when
+    precompute_ref_log_probs asks for it)."""
+    from ds_tp.train.preference import PreferenceTrainer
+    from ds_tp.train.reference import build_reference, cache_path
+
+    log(run.preference.describe())
+    reference = build_reference(plan, run, mesh, engine, attn, bool(plan.resume_from), log)
+    trainer = PreferenceTrainer(plan, run, mesh, engine, *data, log, reference=reference)
+    if reference.mode == "precomputed":
+        reference.precompute(trainer, cache_path(plan, run), log)
+    return trainer
 
 
 def compile_model(engine, cfg: dict, accelerator: str, log) -> int | None:
