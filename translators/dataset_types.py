@@ -22,7 +22,6 @@ PREFERENCE_PREFIXES = (
     "chat_template.argilla",
     "chat_template.argilla_chat",
     "chat_template.icr",
-    "bradley_terry.",
     "dpo.",
     "orpo.",
     "kto.",
@@ -60,7 +59,9 @@ def resolve_dataset_type(kind: str) -> tuple[str | None, str]:
         return IMPLEMENTED[kind], ""
     if kind.startswith("sharegpt"):
         return None, "sharegpt types were removed from Axolotl: use type: chat_template"
-    if kind.startswith(PREFERENCE_PREFIXES) or kind.split(".")[0] in ("dpo", "orpo", "kto", "bradley_terry"):
+    if kind.split(".")[0] == "bradley_terry":
+        return None, f"{kind!r} is reward-model training data, which ds-tp does not implement; supported: {SUPPORTED}"
+    if kind.startswith(PREFERENCE_PREFIXES) or kind.split(".")[0] in ("dpo", "orpo", "kto"):
         return None, (
             f"{kind!r} is a preference-training type: it needs rl: ({', '.join(PREFERENCE_RL)}); "
             f"supported without rl: {SUPPORTED}"
@@ -109,6 +110,20 @@ PREFERENCE_ALIASES = {
     "passthrough.default": "passthrough",
 }
 PREFERENCE_GROUP = {"dpo": "paired", "ipo": "paired", "simpo": "paired", "orpo": "orpo", "kto": "kto"}
+# Dataset options that only Axolotl's supervised chat_template strategy reads: its rl types (dpo/, orpo/, kto/)
+# never do, so under rl: they are accepted with no effect rather than refused as unimplemented options.
+SUPERVISED_ONLY_OPTIONS = (
+    "field_human",
+    "field_model",
+    "field_tools",
+    "field_thinking",
+    "template_thinking_key",
+    "message_field_training",
+    "message_field_training_detail",
+    "split_thinking",
+    "conversation",
+    "input_format",
+)
 GROUP_METHODS = {"paired": "dpo, ipo and simpo", "orpo": "orpo", "kto": "kto"}
 
 

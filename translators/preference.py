@@ -4,11 +4,13 @@ Decided once here, from the config alone (pure: no torch, no files), and carried
 validate reports the findings, the ranks read the decision. Axolotl hands these keys to TRL's trainers
 (axolotl/core/builders/rl.py); the defaults are TRL's:
 
-- dpo, ipo ... DPOTrainer's loss (ipo: loss_type ipo); beta = trl.beta, else rl_beta, else 0.1
-- orpo ....... ORPOTrainer's loss; beta = trl.beta, else rl_beta, else orpo_alpha, else 0.1; no reference
+- dpo, ipo ... DPOTrainer's loss (ipo: loss_type ipo)
+- orpo ....... ORPOTrainer's loss; no reference
 - simpo ...... CPOTrainer's loss with loss_type simpo (simpo_gamma 0.5, cpo_alpha 1.0); no reference
 - kto ........ KTOTrainer's loss (desirable/undesirable weights 1.0), unpaired rows with a label
 - grpo, gdpo, ebft: refused (they generate completions while training)
+
+beta, for every method, is Axolotl's order: trl.beta, else rl_beta, else orpo_alpha, else TRL's 0.1.
 
 The reference (the model the policy is regularised towards) for dpo/ipo/kto:
 - "precomputed": precompute_ref_log_probs; its log-probs computed once with the starting weights
@@ -60,7 +62,7 @@ RL_KEYS = (
     "dpo_use_weighting",
     "dpo_ld_alpha",
 )
-NOT_IMPLEMENTED = {
+NOT_IMPLEMENTED = {  # Axolotl hands these to DPOConfig for rl: dpo and ipo only; other methods never read them
     "dpo_use_weighting": "WPO's per-token weighting of DPO is not implemented",
     "dpo_ld_alpha": "LD-DPO's length desensitization is not implemented",
 }
@@ -116,12 +118,17 @@ class Preference:
         return cls(**data)
 
 
-def _beta(cfg: dict, method: str) -> float:
+def _beta(cfg: dict) -> tuple[float, str]:
+    """(beta, the key it came from): Axolotl's order for every method (core/builders/rl.py)."""
     trl: dict = cfg["trl"] if isinstance(cfg.get("trl"), dict) else {}
-    for value in (trl.get("beta"), cfg.get("rl_beta"), cfg.get("orpo_alpha") if method == "orpo" else None):
+    for key, value in (
+        ("trl.beta", trl.get("beta")),
+        ("rl_beta", cfg.get("rl_beta")),
+        ("orpo_alpha", cfg.get("orpo_alpha")),
+    ):
         if value is not None:
-            return float(value)
-    return 0.1
+            return float(value), key
+    return 0.1, ""
 
 
 def _reference(cfg: dict, method: str) -> tuple[str, str]:
@@ -161,9 +168,7 @@ def resolve_preference(cfg: dict) -> tuple[Preference | None, list[Finding]]:
         return None, findings
     if method not in METHODS:
         return None, findings  # the schema's enum reports it
-    for key, why in NOT_IMPLEMENTED.items():
-        if cfg.get(key):
-            findings.append(Finding((key,), why, f"unset {key}"))
+    findings += _method_findings(cfg, method)
     loss_types: tuple[str, ...] = ("ipo",) if method == "ipo" else ("sigmoid",)
     weights: tuple[float, ...] = (1.0,)
     if method == "dpo" and cfg.get("dpo_loss_type"):
@@ -204,8 +209,6 @@ def resolve_preference(cfg: dict) -> tuple[Preference | None, list[Finding]]:
                 "set dpo_label_smoothing: 0.001 (the EXO paper's value)",
             )
         )
-    if method not in ("dpo", "ipo") and (cfg.get("dpo_loss_type") or cfg.get("dpo_loss_weights")):
-        findings.append(Finding(("dpo_loss_type",), f"has no effect with rl: {method}", level="warning"))
     if cfg.get("precompute_ref_log_probs") and method in ("orpo", "simpo"):
         findings.append(
             Finding(("precompute_ref_log_probs",), f"{method} has no reference model: no effect", level="warning")
@@ -213,14 +216,34 @@ def resolve_preference(cfg: dict) -> tuple[Preference | None, list[Finding]]:
     trl: dict = cfg["trl"] if isinstance(cfg.get("trl"), dict) else {}
     for key in sorted(set(trl) - {"beta"}):
         findings.append(Finding(("trl", key), f"GRPO's setting: no effect with rl: {method}", level="warning"))
+    micro = cfg.get("micro_batch_size")
+    if method == "kto" and isinstance(micro, int) and micro < 2:
+        findings.append(
+            Finding(
+                ("micro_batch_size",),
+                "rl: kto needs at least 2: the KL term pairs each prompt "
+                "with another row's completion from the same micro-batch (TRL refuses 1 too)",
+                "micro_batch_size: 2 or more",
+            )
+        )
     if cfg.get("sample_packing"):
         findings.append(
             Finding(("sample_packing",), "preference pairs are not packed (as in Axolotl): turned off", level="notice")
         )
     reference, why = _reference(cfg, method)
+    beta, beta_key = _beta(cfg)
+    if beta_key == "orpo_alpha" and method != "orpo":
+        findings.append(
+            Finding(
+                ("orpo_alpha",),
+                f"is beta ({beta}) with rl: {method}, as in Axolotl (trl.beta and rl_beta are unset)",
+                "set rl_beta to say so",
+                level="warning",
+            )
+        )
     preference = Preference(
         method=method,
-        beta=_beta(cfg, method),
+        beta=beta,
         loss_types=loss_types,
         loss_weights=weights,
         label_smoothing=float(cfg.get("dpo_label_smoothing") or 0.0) if method == "dpo" else 0.0,
@@ -232,3 +255,34 @@ def resolve_preference(cfg: dict) -> tuple[Preference | None, list[Finding]]:
         reference_why=why,
     )
     return preference, findings
+
+
+def _method_findings(cfg: dict, method: str) -> list[Finding]:
+    """Keys that a method reads and ds-tp does not implement (refused), or that it never reads (a warning)."""
+    findings = []
+    for key, why in NOT_IMPLEMENTED.items():
+        value = cfg.get(key)
+        if value is None or value is False:  # dpo_ld_alpha: 0 is a setting (Axolotl passes any value but None)
+            continue
+        if method in ("dpo", "ipo"):
+            findings.append(Finding((key,), why, f"unset {key}"))
+        else:
+            findings.append(
+                Finding(
+                    (key,), f"has no effect with rl: {method}: Axolotl reads it for dpo and ipo only", level="warning"
+                )
+            )
+    if method == "dpo" and cfg.get("dpo_loss_weights") and not cfg.get("dpo_loss_type"):
+        findings.append(
+            Finding(
+                ("dpo_loss_weights",),
+                "weights without dpo_loss_type (Axolotl refuses this too)",
+                "set dpo_loss_type: one loss type per weight",
+            )
+        )
+    for key in ("dpo_loss_type", "dpo_loss_weights", "dpo_label_smoothing"):
+        if method != "dpo" and cfg.get(key):
+            why = "rl: ipo is always the ipo loss" if key != "dpo_label_smoothing" and method == "ipo" else ""
+            why = why or "Axolotl reads it for rl: dpo only"
+            findings.append(Finding((key,), f"has no effect with rl: {method}: {why}", level="warning"))
+    return findings

@@ -16,6 +16,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from ds_tp.errors import Finding
+from ds_tp.translators.dataset_types import SUPERVISED_ONLY_OPTIONS, preference_group
 
 from .yaml_marks import format_key_path as format_path
 
@@ -76,7 +77,8 @@ def validate(data: dict) -> list[Finding]:
     findings: list[Finding] = []
     for error in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
         findings.extend(_describe(schema, error))
-    findings.extend(_one_per_group(_without_adapter(data, list(_unsupported(schema, schema, data, ())))))
+    found = _under_rl(data, _without_adapter(data, list(_unsupported(schema, schema, data, ()))))
+    findings.extend(_one_per_group(found))
     return findings
 
 
@@ -96,6 +98,32 @@ def _without_adapter(data: dict, found: list[tuple[Finding, str | None]]) -> lis
                 finding.path,
                 "valid in Axolotl, no effect in ds-tp: read only with adapter: lora|qlora, "
                 "which this config does not set (as in Axolotl)",
+                level="ignored",
+            )
+            group = None
+        out.append((finding, group))
+    return out
+
+
+def _under_rl(data: dict, found: list[tuple[Finding, str | None]]) -> list[tuple[Finding, str | None]]:
+    """With rl: dpo/ipo/orpo/simpo/kto, Axolotl's preference dataset types read their own keys only: the
+    supervised chat_template options in a dataset entry are accepted with no effect, not refused."""
+    rl = data.get("rl")
+    if not isinstance(rl, str) or preference_group(rl) is None:
+        return found
+    out = []
+    for finding, group in found:
+        path = finding.path
+        if (
+            finding.level == "error"
+            and len(path) == 3
+            and path[0] in ("datasets", "test_datasets")
+            and path[2] in SUPERVISED_ONLY_OPTIONS
+        ):
+            finding = Finding(
+                path,
+                f"valid in Axolotl, no effect in ds-tp: a supervised chat_template option; with rl: {rl} "
+                "Axolotl's preference dataset types never read it",
                 level="ignored",
             )
             group = None

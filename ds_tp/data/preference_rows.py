@@ -69,6 +69,16 @@ def build_preference(cfg: dict, examples: list[dict], where: str, out: Path, dro
         raise UserError(Problem(f"no preference example to train on: {dropped_long} longer than sequence_len "
                                 f"{sequence_len}, {empty} with an empty answer", key="datasets", where=where,
                                 hint="raise sequence_len"))
+    duplicates = 0
+    if cfg.get("dataset_exact_deduplication"):  # as Axolotl: identical examples kept once, before the split
+        seen: set = set()
+        unique = []
+        for example in kept:
+            key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(example.items()))
+            if key not in seen:
+                seen.add(key)
+                unique.append(example)
+        kept, duplicates = unique, len(kept) - len(unique)
     seed = int(cfg.get("seed") if cfg.get("seed") is not None else 42)
     if cfg.get("shuffle_merged_datasets", True):
         kept = shuffled(kept, seed)
@@ -89,6 +99,6 @@ def build_preference(cfg: dict, examples: list[dict], where: str, out: Path, dro
             table.save_to_disk(str(out / name))
         counts[name] = len(rows)
     return {"train_rows": counts["train"], "eval_rows": counts.get("eval", 0), "dropped_long": dropped_long,
-            "dropped_untrained": empty, "dropped_short": 0, "duplicates_removed": 0,
+            "dropped_untrained": empty, "dropped_short": 0, "duplicates_removed": duplicates,
             "examples": {"train": len(train), "eval": len(evaluation)}, "sequence_len": sequence_len,
             "sample_packing": False, "preference": cfg.get("rl")}

@@ -127,6 +127,7 @@ def build_reference(plan, run, mesh, engine, attn: str, resumed: bool, log) -> R
     """The run's Reference. A frozen copy is built for frozen-copy, and for precomputed when a full
     fine-tune resumes without the cache (the policy has moved from the starting weights by then)."""
     mode = run.preference.reference
+    log(f"reference model: {run.preference.reference_why}")
     if mode in ("none", "adapter-disabled"):
         return Reference(mode, engine=engine)
     if mode == "precomputed" and (run.adapter is not None or not resumed):
@@ -141,5 +142,5 @@ def build_reference(plan, run, mesh, engine, attn: str, resumed: bool, log) -> R
         param.requires_grad_(False)
     frozen, _, _, _ = deepspeed.initialize(model=model, config=reference_ds_config(plan.ds_config), mpu=mesh.mpu)
     frozen.eval()
-    log(f"reference model: {run.preference.reference_why}; ZeRO stage {frozen.zero_optimization_stage()}")
+    log(f"reference model built: ZeRO stage {frozen.zero_optimization_stage()}, no optimizer")
     return Reference(mode, engine=engine, frozen=frozen, keep_alive=keep_alive)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from ds_tp.translators.dataset_types import resolve_dataset_type
+from ds_tp.translators.dataset_types import PREFERENCE_GROUP, resolve_dataset_type
+from ds_tp.translators.preference import METHODS, resolve_preference
 
 from ds_tp.cli import main
+from ds_tp.config import load_config
 from tests.conftest import ROOT
 
 CORPUS = sorted((ROOT / "tests" / "fixtures" / "axolotl_style").glob("*.yaml"))
@@ -86,3 +88,39 @@ def test_every_axolotl_0_21_key_is_known():
                 "processor_type", "lora_fan_in_fan_out", "dpo_use_weighting", "tiled_mlp", "eot_tokens",
                 "expert_parallel_size", "liger_rms_norm_gated", "evaluation_strategy", "model_config"):
         assert key in props, key
+
+
+@pytest.mark.parametrize("name, method, beta, reference, extra", [
+    ("dpo-chat-template-lora", "dpo", 0.1, "adapter-disabled", {"loss_types": ("sigmoid",)}),
+    ("ipo-chatml", "ipo", 0.1, "frozen-copy", {"loss_types": ("ipo",), "label_smoothing": 0.0}),
+    ("orpo-argilla-qlora", "orpo", 0.2, "none", {}),  # orpo_alpha is ORPO's beta
+    ("kto-llama3-qlora", "kto", 0.5, "adapter-disabled", {"desirable_weight": 0.2, "undesirable_weight": 1.0}),
+    ("simpo-chat-template", "simpo", 2.0, "none", {"simpo_gamma": 1.0, "cpo_alpha": 0.0}),
+    ("dpo-unread-keys", "dpo", 0.2, "frozen-copy", {}),  # orpo_alpha is every method's beta in Axolotl
+])
+def test_rl_examples_decide_as_axolotl(name, method, beta, reference, extra):
+    """The preference decision of the rl fixtures (Axolotl's rl examples and RLHF docs): the loss, beta (trl.beta,
+    else rl_beta, else orpo_alpha, as Axolotl's builder orders them), the reference and each method's weights."""
+    cfg = load_config(ROOT / "tests/fixtures/axolotl_style" / f"{name}.yaml", world_size=2)
+    preference, findings = resolve_preference(cfg.values)
+    assert not [f for f in findings if f.level == "error"]
+    assert (preference.method, preference.beta, preference.reference) == (method, beta, reference)
+    for field, value in extra.items():
+        assert getattr(preference, field) == value, field
+
+
+def test_rl_keys_a_method_never_reads_are_accepted_as_in_axolotl():
+    """A vllm block, a supervised chat_template option in an rl dataset, orpo_alpha under dpo, dpo_* keys under
+    another method: accepted (no effect, or a warning that says what Axolotl does), never refused as rl."""
+    cfg = load_config(ROOT / "tests/fixtures/axolotl_style/dpo-unread-keys.yaml", world_size=2)
+    ignored = " ".join(n.message for n in cfg.notices if "accepted with no effect" in n.message)
+    assert "vllm (line" in ignored and "datasets[0].field_thinking (line" in ignored
+    assert [w.key for w in cfg.warnings] == ["orpo_alpha"]
+    cfg = load_config(ROOT / "tests/fixtures/axolotl_style/ipo-chatml.yaml", world_size=2)
+    assert [w.key for w in cfg.warnings] == ["dpo_label_smoothing"]
+
+
+def test_every_rl_method_has_its_dataset_types():
+    """rules.dataset_types skips an rl: without a type group (grpo...: refused at rl:), so each method ds-tp
+    trains must have one, or its datasets would go unchecked until preparation."""
+    assert set(PREFERENCE_GROUP) == set(METHODS)

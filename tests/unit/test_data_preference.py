@@ -258,3 +258,26 @@ def test_a_preference_type_without_rl_says_to_set_rl(kind):
     assert runs is None
     assert "preference-training type: it needs rl: (dpo, ipo, simpo, orpo, kto)" in why
     assert "supported without rl: alpaca, completion, chat_template" in why
+
+
+def test_preference_rows_deduplicate_and_pair_kto_completions_within_micro_batches(tmp_path):
+    """build_preference: exact duplicates dropped once asked (dataset_exact_deduplication), the prompt masked in
+    both sequences, and KTO's KL completion the one before it within its micro_batch_size group (TRL's rotation)."""
+    import datasets
+
+    from ds_tp.data.preference_rows import build_preference
+
+    pair = {"prompt_ids": [1, 5], "chosen_ids": [6, 2], "rejected_ids": [7, 2]}
+    other = {"prompt_ids": [1, 8], "chosen_ids": [9, 2], "rejected_ids": [4, 2]}
+    cfg = {"rl": "dpo", "sequence_len": 16, "dataset_exact_deduplication": True, "shuffle_merged_datasets": False}
+    meta = build_preference(cfg, [pair, dict(pair), other], "x.jsonl", tmp_path / "dpo")
+    assert meta["duplicates_removed"] == 1 and meta["train_rows"] == 2
+    rows = datasets.load_from_disk(str(tmp_path / "dpo" / "train"))
+    assert rows[0]["chosen_input_ids"] == [1, 5, 6, 2] and rows[0]["chosen_labels"] == [-100, -100, 6, 2]
+    assert rows[0]["rejected_labels"] == [-100, -100, 7, 2]
+    kto = [{"prompt_ids": [1, 10 + i], "completion_ids": [20 + i, 2], "label": i % 2 == 0} for i in range(4)]
+    cfg = {"rl": "kto", "sequence_len": 16, "micro_batch_size": 2, "shuffle_merged_datasets": False}
+    build_preference(cfg, kto, "x.jsonl", tmp_path / "kto")
+    rows = datasets.load_from_disk(str(tmp_path / "kto" / "train"))
+    assert [r["kl_input_ids"] for r in rows] == [[1, 10, 21, 2], [1, 11, 20, 2], [1, 12, 23, 2], [1, 13, 22, 2]]
+    assert [r["kl_labels"][:2] for r in rows] == [[-100, -100]] * 4 and [r["label"] for r in rows] == [1, 0, 1, 0]
