@@ -44,7 +44,9 @@ def task(row: dict) -> str:
     return row["messages"][0]["content"].split("\n")[0]
 
 
-def main(out: Path) -> int:
+def figures(out: Path) -> dict:
+    """Held-out reward accuracy, the share of pairs whose right answer each model prefers, by task, and the
+    run's own eval_rewards/accuracies at its first and last evaluation."""
     config = json.loads((out / "ds_tp" / "run.json").read_text())["config"]
     tokenizer = AutoTokenizer.from_pretrained(out)
     entry = {**config["datasets"][0], "path": str(HELDOUT)}
@@ -62,13 +64,23 @@ def main(out: Path) -> int:
         c[2] += bc > br
         c[3] += tc > tr
     total = [sum(c[i] for c in counts.values()) for i in range(4)]
-    for name, c in sorted(counts.items()):
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval_rewards/accuracies"] for r in metrics if "eval_rewards/accuracies" in r]
+    return {"pairs": total[0], "accuracy": total[1] / total[0], "prefers_before": total[2] / total[0],
+            "prefers_after": total[3] / total[0], "by_task": {k: v for k, v in sorted(counts.items())},
+            "eval_accuracy_first": evals[0], "eval_accuracy_last": evals[-1]}
+
+
+def main(out: Path) -> int:
+    f = figures(out)
+    for name, c in f["by_task"].items():
         print(f"  {name:20s} {c[0]:3d} pairs: reward accuracy {c[1] / c[0]:.2f}; "
               f"prefers the right answer {c[2] / c[0]:.2f} -> {c[3] / c[0]:.2f}")
-    accuracy, before, after = total[1] / total[0], total[2] / total[0], total[3] / total[0]
-    print(f"quickstart-dpo: held-out reward accuracy {accuracy:.2f} ({total[0]} pairs; the untrained model: 0, "
-          f"no reward); the model prefers the right answer in {before:.2f} of pairs before -> {after:.2f} after")
-    ok = accuracy >= ACCURACY_FLOOR and after > before
+    print(f"quickstart-dpo: held-out reward accuracy {f['accuracy']:.2f} ({f['pairs']} pairs; the untrained model: 0, "
+          f"no reward); the model prefers the right answer in {f['prefers_before']:.2f} of pairs before -> "
+          f"{f['prefers_after']:.2f} after; the run's eval_rewards/accuracies {f['eval_accuracy_first']:.2f} at its "
+          f"first evaluation -> {f['eval_accuracy_last']:.2f} at its last")
+    ok = f["accuracy"] >= ACCURACY_FLOOR and f["prefers_after"] > f["prefers_before"]
     print("quickstart-dpo: OK" if ok else f"quickstart-dpo: FAILED (reward accuracy must reach {ACCURACY_FLOOR})")
     return 0 if ok else 1
 

@@ -198,11 +198,21 @@ def estimate_memory(
     buffers = live * w + (shape.hidden**2 * g if zero3 else 0)
     if not zero3 and layout.dp > 1:
         buffers = min(per_rank, STAGE0_ALLREDUCE_BUCKET) * g
+    sequences = int(cfg.get("micro_batch_size", 1))
+    if run.preference is not None:  # rl: each row is two sequences (chosen and rejected) in one forward
+        sequences *= 2
+        if run.preference.reference == "frozen-copy":  # a second copy of the weights, partitioned like the policy
+            params += per_rank * w / (shards if zero3 else 1)
+            notes.append(
+                f"rl: {run.preference.method}: the frozen reference model adds "
+                f"{per_rank * w / (shards if zero3 else 1) / GIB:.1f} GiB (precompute_ref_log_probs: none)"
+            )
+        notes.append(f"rl: {run.preference.method}: activations and logits for 2 x micro_batch_size sequences")
     act_bytes = run.precision.activation_bytes
     acts, logits = activation_bytes(
         shape,
         int(cfg.get("sequence_len", 512)),
-        int(cfg.get("micro_batch_size", 1)),
+        sequences,
         layout,
         act_bytes,
         bool(cfg.get("gradient_checkpointing")),

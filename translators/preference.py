@@ -62,10 +62,7 @@ RL_KEYS = (
     "dpo_use_weighting",
     "dpo_ld_alpha",
 )
-NOT_IMPLEMENTED = {  # Axolotl hands these to DPOConfig for rl: dpo and ipo only; other methods never read them
-    "dpo_use_weighting": "WPO's per-token weighting of DPO is not implemented",
-    "dpo_ld_alpha": "LD-DPO's length desensitization is not implemented",
-}
+DPO_ONLY = ("dpo_use_weighting", "dpo_ld_alpha")  # Axolotl hands these to DPOConfig for rl: dpo and ipo only
 
 
 @dataclass(frozen=True)
@@ -79,6 +76,8 @@ class Preference:
     cpo_alpha: float = 1.0
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
+    use_weighting: bool = False  # dpo_use_weighting: WPO's per-pair weights from the policy's own probabilities
+    ld_alpha: float | None = None  # dpo_ld_alpha: LD-DPO's weight on answer tokens past the pair's shorter answer
     reference: str = "none"  # none | precomputed | adapter-disabled | frozen-copy
     reference_why: str = ""
 
@@ -216,6 +215,15 @@ def resolve_preference(cfg: dict) -> tuple[Preference | None, list[Finding]]:
     trl: dict = cfg["trl"] if isinstance(cfg.get("trl"), dict) else {}
     for key in sorted(set(trl) - {"beta"}):
         findings.append(Finding(("trl", key), f"GRPO's setting: no effect with rl: {method}", level="warning"))
+    if cfg.get("chunked_cross_entropy"):
+        findings.append(
+            Finding(
+                ("chunked_cross_entropy",),
+                f"no effect with rl: {method}: the preference losses "
+                "read each sequence's log-probs from the full logits",
+                level="warning",
+            )
+        )
     micro = cfg.get("micro_batch_size")
     if method == "kto" and isinstance(micro, int) and micro < 2:
         findings.append(
@@ -251,6 +259,10 @@ def resolve_preference(cfg: dict) -> tuple[Preference | None, list[Finding]]:
         cpo_alpha=float(cfg["cpo_alpha"]) if cfg.get("cpo_alpha") is not None else 1.0,
         desirable_weight=float(cfg.get("kto_desirable_weight") or 1.0),
         undesirable_weight=float(cfg.get("kto_undesirable_weight") or 1.0),
+        use_weighting=bool(cfg.get("dpo_use_weighting")) and method in ("dpo", "ipo"),
+        ld_alpha=float(cfg["dpo_ld_alpha"])
+        if cfg.get("dpo_ld_alpha") is not None and method in ("dpo", "ipo")
+        else None,
         reference=reference,
         reference_why=why,
     )
@@ -258,15 +270,14 @@ def resolve_preference(cfg: dict) -> tuple[Preference | None, list[Finding]]:
 
 
 def _method_findings(cfg: dict, method: str) -> list[Finding]:
-    """Keys that a method reads and ds-tp does not implement (refused), or that it never reads (a warning)."""
+    """Keys a method never reads (a warning, as Axolotl passes them on for dpo and ipo only), and key
+    combinations Axolotl refuses."""
     findings = []
-    for key, why in NOT_IMPLEMENTED.items():
+    for key in DPO_ONLY:
         value = cfg.get(key)
         if value is None or value is False:  # dpo_ld_alpha: 0 is a setting (Axolotl passes any value but None)
             continue
-        if method in ("dpo", "ipo"):
-            findings.append(Finding((key,), why, f"unset {key}"))
-        else:
+        if method not in ("dpo", "ipo"):
             findings.append(
                 Finding(
                     (key,), f"has no effect with rl: {method}: Axolotl reads it for dpo and ipo only", level="warning"

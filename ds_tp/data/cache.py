@@ -52,7 +52,7 @@ def cache_key(cfg: dict, entries: list[dict], source_digests: list[str], tokeniz
         "cfg": {key: cfg.get(key) for key in HASHED_CFG_KEYS},
     }
     if cfg.get("rl"):  # preference rows: another row format, and the prompt's own limit
-        inputs["preference"] = {"rl": cfg.get("rl"), "version": 1,  # KTO's KL pairs are made within micro-batches
+        inputs["preference"] = {"rl": cfg.get("rl"), "version": 2,  # KTO's KL pairs are made within micro-batches
                                 "micro_batch_size": cfg.get("micro_batch_size") if cfg.get("rl") == "kto" else None}
     return sha256_text(json.dumps(inputs, sort_keys=True, default=str)), inputs
 

@@ -1,5 +1,6 @@
 """Preference examples (rl:) -> the rows the loop trains on, saved like supervised rows (train/, eval/).
 
+`length` counts both sequences' tokens (what a step processes: tokens/s, MFU, group_by_length).
 A paired row holds two sequences, chosen and rejected, each the prompt's tokens followed by the answer's,
 with the prompt masked (-100) as TRL masks it. A KTO row holds its completion and a KL completion: the
 same prompt with another row's completion (the mismatched pair TRL's KTO uses to
@@ -33,7 +34,7 @@ def pair_row(example: dict) -> dict:
     chosen, chosen_labels = sequence(example["prompt_ids"], example["chosen_ids"])
     rejected, rejected_labels = sequence(example["prompt_ids"], example["rejected_ids"])
     return {"chosen_input_ids": chosen, "chosen_labels": chosen_labels, "rejected_input_ids": rejected,
-            "rejected_labels": rejected_labels, "length": max(len(chosen), len(rejected))}
+            "rejected_labels": rejected_labels, "length": len(chosen) + len(rejected)}
 
 
 def kto_rows(examples: list[dict], micro: int, sequence_len: int) -> list[dict]:
@@ -46,7 +47,7 @@ def kto_rows(examples: list[dict], micro: int, sequence_len: int) -> list[dict]:
         kl_ids, kl_mask = kto_sequence(example["prompt_ids"], other, sequence_len)
         rows.append({"completion_input_ids": ids, "completion_labels": masked(ids, mask), "kl_input_ids": kl_ids,
                      "kl_labels": masked(kl_ids, kl_mask), "label": bool(example["label"]),
-                     "length": max(len(ids), len(kl_ids))})
+                     "length": len(ids) + len(kl_ids)})
     return rows
 
 

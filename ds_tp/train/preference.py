@@ -41,11 +41,18 @@ class PreferenceTrainer(Trainer):
                                     for x in chosen], dtype=np.int64)
         self.nll_scale = 0.0
         self.sums: dict = defaultdict(float)
+        self.shared_len: torch.Tensor | None = None  # LD-DPO: this batch's per-sequence shared answer length
+        self.wpo: torch.Tensor | None = None  # WPO: the policy's per-sequence weights' log sums
 
     def run(self, *args, **kwargs) -> int:
         reached = super().run(*args, **kwargs)
         self.engine.empty_partition_cache()  # ZeRO-3: no prefetched parameter left in flight for the export
         return reached
+
+    def _chunked_head(self, cfg):
+        if cfg.get("chunked_cross_entropy"):
+            self.log("chunked_cross_entropy: not used by preference tuning (its log-probs read the logits)")
+        return None
 
     def _loss_weights(self, rows) -> np.ndarray:
         return np.ones(len(rows), dtype=np.int64)  # the loss is a mean over rows (pairs)
@@ -72,16 +79,31 @@ class PreferenceTrainer(Trainer):
             for i, s in enumerate(sequences):
                 whole[i, :len(s["input_ids"]) - 1] = torch.tensor(s["input_ids"][1:])
             batch["shift_whole"] = whole
+        if self.preference.ld_alpha is not None:  # LD-DPO: each row's answer tokens past its pair's shorter answer
+            counts = (batch["shift_labels"] != IGNORE).sum(dim=1)
+            n = len(rows)
+            shared = torch.minimum(counts[:n], counts[n:]).repeat(2)
+            start = batch["shift_labels"].shape[1] // self.layout.cp * self.mesh.coords["cp"]
+            before = (batch["shift_labels"][:, :start] != IGNORE).sum(dim=1)  # answer tokens in earlier CP shards
+            self.shared_len = (shared - before).to(self.device)
         batch = self._to_device(shard_sequence(batch, self.mesh.coords["cp"], self.layout.cp))
         return batch, [batch.pop(k) for k in ("shift_labels", "shift_whole") if k in batch]
 
-    def sequence_logps(self, model, batch: dict, shifts: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def sequence_logps(self, model, batch: dict, shifts: list[torch.Tensor],
+                       policy: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per labels in shifts: (sum of the labelled tokens' log-probs, their count) per sequence, whole
-        across the CP shards of the sequence."""
+        across the CP shards of the sequence (LD-DPO's weights on the answers' sums). With WPO
+        (dpo_use_weighting) the policy's per-sequence WPO sums are kept in self.wpo."""
         logits = model(**batch, use_cache=False).logits
         out = []
-        for shift in shifts:
-            local, count = losses.sequence_logps(logits, shift)
+        if self.preference.use_weighting and policy:
+            self.wpo = losses.wpo_logps(logits, shifts[0])
+            if self.layout.cp > 1:
+                self.dist.all_reduce(self.wpo, group=self.mesh.sp_group)
+        for index, shift in enumerate(shifts):
+            ld = {"shared_len": self.shared_len, "ld_alpha": self.preference.ld_alpha} \
+                if index == 0 and self.preference.ld_alpha is not None else {}
+            local, count = losses.sequence_logps(logits, shift, **ld)
             if self.layout.cp > 1:
                 whole = local.detach().clone()
                 self.dist.all_reduce(whole, group=self.mesh.sp_group)
@@ -95,14 +117,16 @@ class PreferenceTrainer(Trainer):
         """The sum of the rows' losses (every TP/CP rank holds it whole), differentiable through this rank."""
         batch, shifts = self._batch(rows)
         ref = self.reference.logps(rows, batch, shifts[:1], self)  # (2 x rows,) or None
-        (policy, count), *whole = self.sequence_logps(self.engine, batch, shifts)
+        (policy, count), *whole = self.sequence_logps(self.engine, batch, shifts, policy=True)
         n, pref = len(rows), self.preference
         first, second, n_first, n_second = policy[:n], policy[n:], count[:n], count[n:]
         nll = None  # ORPO / SimPO: the summed NLL of the chosen tokens, scaled to a global token mean
         if pref.method in ("dpo", "ipo"):
             out = losses.dpo_losses(first, second, ref[:n], ref[n:], beta=pref.beta, loss_type=list(pref.loss_types),
                                     loss_weights=list(pref.loss_weights), label_smoothing=pref.label_smoothing,
-                                    chosen_counts=n_first, rejected_counts=n_second)
+                                    chosen_counts=n_first, rejected_counts=n_second,
+                                    **({"chosen_wpo": self.wpo[:n], "rejected_wpo": self.wpo[n:]}
+                                       if pref.use_weighting else {}))
         elif pref.method == "orpo":
             whole_sum, whole_count = whole[0][0][:n], whole[0][1][:n]
             out = losses.orpo_losses(first, n_first, second, n_second, -whole_sum.detach(), whole_count, beta=pref.beta)

@@ -107,7 +107,7 @@ def cache_path(plan, run) -> Path:
                    if p.is_file() and p.suffix in (".safetensors", ".bin", ".json")) if model.is_dir() else []
     cfg = plan.config
     key = json.dumps([str(model), files, cfg.get("lora_model_dir"), run.precision.name, run.attention,
-                      run.preference.method, cfg.get("sequence_len")], default=str)
+                      run.preference.method, run.preference.ld_alpha, cfg.get("sequence_len")], default=str)
     return Path(plan.prepared_path) / f"reference-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 

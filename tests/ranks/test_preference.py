@@ -1,8 +1,9 @@
 """Preference tuning on every layout: per-step DPO losses and reward figures equal to one process (SGD, 6 steps)
 for a full fine-tune on dp_shard 2 (ZeRO-3, the frozen reference partitioned too) and tp 2 (the reference
 AutoTP-split), and for LoRA (reference: the adapter disabled) on dp_shard 2 and cp 2 (Ulysses: each sequence's
-log-probs summed across shards); precomputed reference log-probs equal the live reference; a DPO checkpoint
-resumes bitwise and the exported model loads with from_pretrained; ORPO, SimPO and KTO run on 2 ranks."""
+log-probs summed across shards), with WPO and LD-DPO too; precomputed reference log-probs equal the live
+reference; a DPO checkpoint resumes bitwise and the exported model loads with from_pretrained; ORPO, SimPO and
+KTO run on 2 ranks."""
 from __future__ import annotations
 
 import json
@@ -50,6 +51,14 @@ def configs(tmp_path_factory) -> dict:
         "chat_template: tokenizer_default\ndataset_prepared_path: ./outputs/quickstart-prepared\n"
         "sequence_len: 64\nval_set_size: 0.05\ndp_shard_size: 2\noutput_dir: ./outputs/kto\nseed: 42\n")
     out["kto"].write_text(kto_text)
+    rng = __import__("random").Random(0)  # long answers of unequal length: they straddle the CP shards
+    words = [{"messages": [{"role": "user", "content": "Say"}],
+              "chosen": {"role": "assistant", "content": "".join(rng.choices("abcdefgh", k=rng.randint(20, 40)))},
+              "rejected": {"role": "assistant", "content": "".join(rng.choices("abcdefgh", k=rng.randint(10, 40)))}}
+             for _ in range(60)]
+    (folder / "long.jsonl").write_text("".join(json.dumps(w) + "\n" for w in words))
+    out["lora-long"] = folder / "lora-long.yaml"
+    out["lora-long"].write_text(out["lora"].read_text().replace(str(folder / "pairs.jsonl"), str(folder / "long.jsonl")))
     out["orpo"] = folder / "orpo.yaml"
     out["orpo"].write_text(text.replace("rl: dpo", "rl: orpo").replace(str(folder / "pairs.jsonl"), str(folder / "orpo.jsonl"))
                            .replace("type: chat_template.default", "type: chat_template.argilla"))
@@ -63,7 +72,7 @@ def figures(rows: list[dict], names=FIGURES) -> list[list[float]]:
 def assert_close(got: list[list[float]], want: list[list[float]], tol: float = 1e-5) -> None:
     assert len(got) == len(want) and got, (got, want)
     for step, (a, b) in enumerate(zip(got, want)):
-        assert a == pytest.approx(b, abs=tol), (step, a, b)
+        assert a == pytest.approx(b, abs=tol, rel=1e-6), (step, a, b)  # rel: log-probs of ~100 in fp32
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +115,22 @@ def test_dpo_layout_matches_one_process(one_process, configs, tmp_path, capfd, k
     assert reference in log
     if kind == "full" and name == "dp_shard2":
         assert "reference model built: ZeRO stage 3, no optimizer" in log
+
+
+def test_dpo_weighting_and_length_desensitization_on_cp2(one_process, configs, tmp_path):
+    """dpo_use_weighting (WPO) and dpo_ld_alpha (LD-DPO) with LoRA on cp 2, on answers of 10-40 tokens that
+    straddle the two sequence shards: each sequence's WPO sum and its LD weights (tokens past the pair's shorter
+    answer, counted across the CP shards) equal one process's; both change the loss from plain DPO's."""
+    extra = ("--dpo-use-weighting", "--dpo-ld-alpha", "0.5")
+    layout = ["--dp-shard-size", "1", "--context-parallel-size", "2", "--gradient-accumulation-steps", "2"]
+    rows = train(tmp_path / "cp2", [*STEPS, *extra, *layout], 2, config=configs["lora-long"])
+    _, want = one_process("lora-long", 2, extra)
+    _, plain = one_process("lora-long", 2)
+    assert_close(figures(rows), figures(want))
+    assert_close(figures(rows, EVAL_FIGURES), figures(want, EVAL_FIGURES))
+    assert abs(figures(want)[0][0] - figures(plain)[0][0]) > 1e-3  # WPO weights the very first step's loss
+    # LD-DPO weights the longer answer's tokens past the shorter one's count: logps/chosen or logps/rejected move
+    assert max(abs(a - b) for a, b in zip(figures(want)[0][4:6], figures(plain)[0][4:6])) > 1e-3
 
 
 def test_precomputed_reference_equals_the_live_one(one_process, configs):

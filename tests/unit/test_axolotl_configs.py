@@ -97,6 +97,7 @@ def test_every_axolotl_0_21_key_is_known():
     ("kto-llama3-qlora", "kto", 0.5, "adapter-disabled", {"desirable_weight": 0.2, "undesirable_weight": 1.0}),
     ("simpo-chat-template", "simpo", 2.0, "none", {"simpo_gamma": 1.0, "cpo_alpha": 0.0}),
     ("dpo-unread-keys", "dpo", 0.2, "frozen-copy", {}),  # orpo_alpha is every method's beta in Axolotl
+    ("dpo-weighting", "dpo", 0.1, "frozen-copy", {"use_weighting": True, "ld_alpha": 0.5}),
 ])
 def test_rl_examples_decide_as_axolotl(name, method, beta, reference, extra):
     """The preference decision of the rl fixtures (Axolotl's rl examples and RLHF docs): the loss, beta (trl.beta,

@@ -248,3 +248,16 @@ def test_qlora_stores_the_linears_in_half_a_byte_and_loads_them_whole():
     assert est.load_peak > (linears * QUANT_BYTES["4bit"] + other * 2)  # + the adapters, whole on each rank
     assert est.parameters == pytest.approx(est.load_peak / 8, rel=1e-6)  # then ZeRO-3 partitions it
     assert est.total >= est.load_peak + est.overhead and any("loads whole" in n for n in est.notes)
+
+
+def test_preference_tuning_doubles_sequences_and_counts_the_frozen_reference():
+    """rl: each row is two sequences (activations and logits x2); a full fine-tune's frozen reference adds a
+    second copy of the weights, partitioned like the policy's; precomputed log-probs and adapters add none."""
+    layout = Layout(1, 4, 1, 1)
+    sft = estimate_memory(ONE_LAYER, BF16_ADAM, layout, overhead_bytes=0)
+    dpo = estimate_memory(ONE_LAYER, {**BF16_ADAM, "rl": "dpo"}, layout, overhead_bytes=0)
+    assert (dpo.activations, dpo.logits) == (2 * sft.activations, 2 * sft.logits)
+    assert dpo.parameters == 2 * sft.parameters and dpo.gradients == sft.gradients
+    cached = estimate_memory(ONE_LAYER, {**BF16_ADAM, "rl": "dpo", "precompute_ref_log_probs": True}, layout,
+                             overhead_bytes=0)
+    assert cached.parameters == sft.parameters and any("frozen reference" in n for n in dpo.notes)
