@@ -158,22 +158,36 @@ def translate(ctx, config, world_size, num_processes, num_machines, hostfile, ou
 @click.option("--overwrite", is_flag=True, help="Replace a previous run in output_dir.")
 @click.option("--dry-run", is_flag=True, help="Prepare and print the plan, layout and sharding; do not launch.")
 @click.option("--print-command", is_flag=True, help="Print the launcher command instead of running it.")
+@click.option("--verbose", "-v", is_flag=True, help="Show the launcher's and the ranks' own output (DeepSpeed, torch) "
+              "on the console too; it always goes to output_dir/ds_tp/logs/.")
 @target_device_option
 @plugin_module_option
 @click.pass_context
 @user_errors
 def train(ctx, config, num_processes, launcher, num_machines, machine_rank, main_process_ip, main_process_port,
-          hostfile, multinode_runner, use_profiler, overwrite, dry_run, print_command, target_device, plugin_modules):
+          hostfile, multinode_runner, use_profiler, overwrite, dry_run, print_command, verbose, target_device,
+          plugin_modules):
     """Train CONFIG: prepare data here, then launch ranks with the deepspeed launcher (or torchrun).
 
     Cheap checks (flags, layout, hostfile, ports) come before data preparation; --dry-run and
     --print-command remove nothing; --overwrite moves the old run aside until the new one has started."""
+    _launch_job(ctx, config, num_processes, launcher, num_machines, machine_rank, main_process_ip, main_process_port,
+                hostfile, multinode_runner, use_profiler, overwrite, dry_run, print_command, verbose, target_device,
+                plugin_modules, "train")
+
+
+def _launch_job(ctx, config, num_processes, launcher, num_machines, machine_rank, main_process_ip, main_process_port,
+                hostfile, multinode_runner, use_profiler, overwrite, dry_run, print_command, verbose, target_device,
+                plugin_modules, mode: str):
     import os
 
     from ds_tp.launch.command import LaunchSpec, free_port
+    from ds_tp.launch.console import quiet_libraries
     from ds_tp.launch.train import launch, plan_training, print_launch
     from ds_tp.launch.train import target_device as resolve_target
 
+    if not verbose:
+        quiet_libraries()
     if launcher == "accelerate":
         _err("notice: --launcher accelerate: ds-tp launches its ranks through the deepspeed launcher")
         launcher = "deepspeed"
@@ -200,12 +214,15 @@ def train(ctx, config, num_processes, launcher, num_machines, machine_rank, main
     cfg, prepared, world, device = plan_training(
         config, ctx.args, num_processes, use_profiler=use_profiler, overwrite=overwrite, notify=with_world,
         machine_rank=machine_rank or 0, hostfile=hostfile, hosts=hosts, plugin_modules=plugin_modules,
-        device=device)
+        device=device, mode=mode)
+    if mode == "evaluate":
+        from ds_tp.cli_after_training import say_what_is_evaluated
+        say_what_is_evaluated(cfg, prepared)
     spec.master_port = spec.master_port or free_port()
     if dry_run or print_command:
         print_launch(cfg, prepared, spec, dry_run, machine_rank or 0, overwrite)
         return
-    launch(cfg, prepared, spec, device, machine_rank or 0, overwrite)
+    launch(cfg, prepared, spec, device, machine_rank or 0, overwrite, verbose)
 
 
 @main.command(context_settings=PASS_THROUGH)
@@ -390,3 +407,6 @@ def doctor(ctx, config, hostfile, plugin_modules):
 
 if __name__ == "__main__":
     main()
+
+
+from ds_tp import cli_after_training  # noqa: E402,F401  (registers evaluate, inference, report)

@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 
 from ds_tp.errors import UserError
+from ds_tp.progress import task
 from ds_tp.runfiles import read_state
 
 
@@ -65,11 +66,14 @@ def export_checkpoint(checkpoint: Path, out: Path) -> None:
     for stale in [*out.glob("model*.safetensors"), *out.glob("model.safetensors.index.json")]:
         stale.unlink()
     writer = ShardWriter(out, int(float(os.environ.get("DS_TP_EXPORT_SHARD_MB", DEFAULT_SHARD_MB)) * 2**20))
-    for layer in by_layer([k for k in keep if k in names]):
-        weights = {k: join_tp_shards(k, [r[k] for r in ranks], expected[k], checkpoint) for k in layer}
-        for name, tensor in revert_weight_conversion(model, weights).items():
-            writer.add(name, tensor)
-        del weights
+    layers = by_layer([k for k in keep if k in names])
+    with task(f"exporting {checkpoint.name}", len(layers), min_items=2) as advance:
+        for layer in layers:
+            weights = {k: join_tp_shards(k, [r[k] for r in ranks], expected[k], checkpoint) for k in layer}
+            for name, tensor in revert_weight_conversion(model, weights).items():
+                writer.add(name, tensor)
+            del weights
+            advance(1)
     writer.finish()
     model.config.dtype = str(model.dtype).split(".")[1]  # as save_pretrained
     model.config.architectures = [type(model).__name__]

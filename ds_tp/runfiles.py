@@ -5,6 +5,8 @@
       ds_tp/resolved_config.json   the config after defaults and overrides
       ds_tp/deepspeed_config.json  the DeepSpeed JSON the ranks run
       ds_tp/ranks/rank-N.json|.error, ds_tp/preempted.json, ds_tp/deepspeed_env
+      ds_tp/logs/rank-N.log        each rank's own output (DeepSpeed, torch, transformers), appended per launch
+      ds_tp/logs/launcher.log      the launcher's output; ds_tp/console.jsonl: what rank 0 tells the user
       checkpoint-N/                DeepSpeed's files + ds_tp_state.json (written last: complete)
       tmp-save-N/                  a checkpoint being written (never resumed from)
       latest, metrics.jsonl, config.json, model*.safetensors, tokenizer files
@@ -26,6 +28,11 @@ DEEPSPEED_CONFIG = "deepspeed_config.json"
 RANKS_DIR = "ranks"
 PREEMPTED = "preempted.json"
 ENV_FILE = "deepspeed_env"
+LOGS_DIR = "logs"
+LAUNCHER_LOG = "launcher.log"
+EVALUATE_DIR = "evaluate"  # ds_tp/evaluate/: `ds-tp evaluate`'s run file, beside (never over) training's
+EVAL_SUMMARY = "eval_summary.csv"  # Axolotl's file name
+CONSOLE = "console.jsonl"
 STATE_FILE = "ds_tp_state.json"
 STATE_FORMAT = 1  # ds_tp_state.json's format; bump when its keys change meaning
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -38,6 +45,14 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # ... of a
 
 def run_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / RUN_DIR
+
+
+def logs_dir(output_dir: str | Path) -> Path:
+    return run_dir(output_dir) / LOGS_DIR
+
+
+def rank_log(output_dir: str | Path, rank: int) -> Path:
+    return logs_dir(output_dir) / f"rank-{rank}.log"
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -118,6 +133,7 @@ class PreparedRun:
     use_profiler: bool = False
     notes: list[str] = field(default_factory=list)
     plugin_modules: list[str] = field(default_factory=list)
+    mode: str = "train"  # or "evaluate": `ds-tp evaluate`, the model's losses on the splits, no training
 
     @property
     def resolved(self):

@@ -92,7 +92,6 @@ def translate(cfg: dict, run: ResolvedRun, facts: TrainFacts | None = None) -> T
     _parallel(layout, run.model, out)
     optimizer_block(cfg, run, out)
     _scheduler(cfg, facts, out)
-    _monitors(cfg, out)
     return out
 
 
@@ -228,24 +227,6 @@ def _scheduler(cfg: dict, facts: TrainFacts, out: Translation) -> None:
         "handed to deepspeed.initialize, stepped after each "
         "optimizer step as HF Trainer steps it; no DeepSpeed scheduler block" + when,
     )
-
-
-def _monitors(cfg: dict, out: Translation) -> None:
-    out_dir = str(cfg.get("output_dir", "./model-out")).rstrip("/")
-    if cfg.get("use_tensorboard"):
-        out.set(
-            "tensorboard",
-            {"enabled": True, "output_path": f"{out_dir}/runs", "job_name": "ds-tp"},
-            "use_tensorboard",
-            "DeepSpeed's tensorboard monitor",
-        )
-    if cfg.get("wandb_project") and cfg.get("wandb_mode") != "disabled":
-        block = {"enabled": True, "project": cfg["wandb_project"]}
-        if cfg.get("wandb_entity"):
-            block["team"] = cfg["wandb_entity"]
-        if cfg.get("wandb_name"):
-            block["group"] = cfg["wandb_name"]
-        out.set("wandb", block, "wandb_project, wandb_entity, wandb_name", "DeepSpeed's wandb monitor")
 
 
 def merge_user_config(out: Translation, user: dict, source: str = "deepspeed") -> None:

@@ -18,6 +18,7 @@ from ds_tp.data.packing import build_rows, eval_count, shuffled
 from ds_tp.data.prompts import IGNORE, BadRow, Example, Formatter
 from ds_tp.data.sources import Source, Table, content_digest, load_tables, locate, quiet_datasets
 from ds_tp.errors import Problem, UserError
+from ds_tp.progress import task
 
 ROW_FEATURES = datasets.Features({
     "input_ids": datasets.List(datasets.Value("int32")),
@@ -163,16 +164,18 @@ def tokenize_table(table: Table, formatter: Formatter) -> list[Example]:
     first_bad: tuple[int, BadRow] | None = None
     bad_rows = 0
     rows = iter(table.rows)
-    for number in range(1, len(table.rows) + 1):
-        try:
-            row = next(rows)
-        except Exception as exc:  # the reader gave up on this row (bad bytes, bad types)
-            raise UserError(f"cannot read this row: {reason(exc)}", where=f"{table.name}: row {number}")
-        try:
-            examples.extend(formatter(row))
-        except BadRow as bad:
-            bad_rows += 1
-            first_bad = first_bad or (number, bad)
+    with task(f"tokenizing {Path(table.name).name}", len(table.rows)) as advance:
+        for number in range(1, len(table.rows) + 1):
+            try:
+                row = next(rows)
+            except Exception as exc:  # the reader gave up on this row (bad bytes, bad types)
+                raise UserError(f"cannot read this row: {reason(exc)}", where=f"{table.name}: row {number}")
+            try:
+                examples.extend(formatter(row))
+            except BadRow as bad:
+                bad_rows += 1
+                first_bad = first_bad or (number, bad)
+            advance(1)
     if first_bad:
         number, bad = first_bad
         field = f"field '{bad.field}': " if bad.field else ""

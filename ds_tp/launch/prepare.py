@@ -142,11 +142,13 @@ def prepare_run(cfg: Config, *, device: dict, resume_from: str | None, use_profi
     from ds_tp.config.rules import shape_findings
     from ds_tp.data import prepare_datasets
     from ds_tp.ds_config import build_ds_config
+    from ds_tp.train.trackers import check_installed
     from ds_tp.translators.deepspeed import TrainFacts
     from ds_tp.translators.layout import effective_batch
 
     values = cfg.values
     output_dir = Path(values.get("output_dir", "./model-out"))
+    check_installed(values, cfg.where)
     if check_output:
         check_output_dir(output_dir, resuming=bool(resume_from), overwrite=overwrite)
     model_path = resolve_model_path(values["base_model"], cfg.source.parent)

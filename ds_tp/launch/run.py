@@ -10,8 +10,9 @@ import subprocess
 KILL_AFTER_S = 5.0
 
 
-def run_launcher(cmd: list[str], env: dict[str, str], watcher=None, say=None) -> int:
-    proc = subprocess.Popen(cmd, env=env)
+def run_launcher(cmd: list[str], env: dict[str, str], watcher=None, say=None, output=None) -> int:
+    """output: a file for the launcher's stdout and stderr (None: this process's)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
     if watcher is not None:
         watcher.start()
 

@@ -16,6 +16,7 @@ from ds_tp.errors import Problem, UserError
 from ds_tp.runfiles import (
     DEEPSPEED_CONFIG,
     ENV_FILE,
+    EVALUATE_DIR,
     RESOLVED_CONFIG,
     RUN_FILE,
     PreparedRun,
@@ -49,7 +50,7 @@ def target_device(flag: str | None, hosts=None, hostfile: Path | None = None, ru
 
 def plan_training(config: Path, overrides, num_processes: int | None, *, use_profiler: bool = False,
                   overwrite: bool = False, notify=None, machine_rank: int = 0, hostfile: Path | None = None,
-                  hosts=None, plugin_modules: tuple = (), device: dict | None = None):
+                  hosts=None, plugin_modules: tuple = (), device: dict | None = None, mode: str = "train"):
     """Everything before the launcher, writing nothing in output_dir: (cfg, prepared run, world, device).
 
     The config is loaded once, for the world resolve_world gives (--num-processes, the hostfile's
@@ -76,9 +77,10 @@ def plan_training(config: Path, overrides, num_processes: int | None, *, use_pro
     if hosts:
         from ds_tp.launch.hostfile import check_hosts_fit_layout
         check_hosts_fit_layout(hostfile, hosts, cfg.layout.tp, cfg.layout.cp)
-    resume = resolve_resume(cfg)
+    resume = resolve_resume(cfg) if mode == "train" else None
     prepared = prepare_run(cfg, device=device, resume_from=resume, use_profiler=use_profiler, overwrite=overwrite,
-                           check_output=machine_rank == 0)
+                           check_output=machine_rank == 0 and mode == "train")
+    prepared.mode = mode
     return cfg, prepared, cfg.layout.world, device
 
 
@@ -193,8 +195,9 @@ def print_launch(cfg, prepared, spec, dry_run: bool, machine_rank: int, overwrit
     click.echo(format_command(launcher_command(spec, str(run_path.resolve()), run_path.parent)))
 
 
-def launch(cfg, prepared, spec, device, machine_rank: int, overwrite: bool) -> None:
-    """Move a replaced run aside, write the run files, run the launcher, then report how it ended."""
+def launch(cfg, prepared, spec, device, machine_rank: int, overwrite: bool, verbose: bool = False) -> None:
+    """Move a replaced run aside, write the run files, run the launcher (its output and the ranks' in
+    output_dir/ds_tp/logs/; rank 0's events on the console), then report how it ended."""
     import shutil
     import tempfile
 
@@ -209,10 +212,13 @@ def launch(cfg, prepared, spec, device, machine_rank: int, overwrite: bool) -> N
     if replaced:
         _say(f"ds-tp: --overwrite: the previous run is in {replaced.aside} until this one logs its first step")
         replaced.watch()
-    run_path = write_run_files(prepared, cfg, machine_rank)
+    evaluating = prepared.mode == "evaluate"
+    run_path = write_run_files(prepared, cfg, machine_rank,
+                               folder=run_dir(prepared.output_dir) / EVALUATE_DIR if evaluating else None)
     cmd = launcher_command(spec, str(run_path.resolve()), run_path.parent)
-    _say(f"ds-tp: {cfg.layout.product()}; {prepared.total_steps} steps of {prepared.global_batch} sequences "
-         f"({prepared.steps_per_epoch} per epoch); run file {run_path}")
+    _say(f"ds-tp: {cfg.layout.product()}; " + (f"evaluating {prepared.model_path}" if evaluating else
+         f"{prepared.total_steps} steps of {prepared.global_batch} sequences ({prepared.steps_per_epoch} per epoch)")
+         + f"; run file {run_path}")
     env = rank_environment(spec.per_node, device["accelerator"])
     private = None
     if spec.hostfile:  # HF_TOKEN and the like: a 0600 file in a private temporary folder, removed below
@@ -221,10 +227,15 @@ def launch(cfg, prepared, spec, device, machine_rank: int, overwrite: bool) -> N
     silent_after = silence_limit(float(prepared.config.get("ddp_timeout") or 1800))
     watcher = RankWatcher(prepared.output_dir, clear=not machine_rank, silent_after=silent_after)
     clear_marker(prepared.output_dir)
+    logs, view, output = console_and_logs(prepared.output_dir, env, machine_rank, verbose)
     try:
-        code = run_launcher(cmd, env, watcher, say=_say)
+        code = run_launcher(cmd, env, watcher, say=_say, output=output)
         watcher.wait_for_ranks(timeout=60)
     finally:
+        if view:
+            view.stop()
+        if output:
+            output.close()
         if private:
             shutil.rmtree(private, ignore_errors=True)
         if replaced:
@@ -237,8 +248,57 @@ def launch(cfg, prepared, spec, device, machine_rank: int, overwrite: bool) -> N
         _say(f"ds-tp: stopped by {stopped['signal'] or 'a signal'} after step {stopped['step']}; {saved}; "
              "continue with --auto-resume-from-checkpoints")
         sys.exit(EXIT_PREEMPTED)
+    if code == 0 and not evaluating and machine_rank == 0:
+        report_run(Path(prepared.output_dir))
     if code != 0:
         first = watcher.describe()
-        _say(f"ds-tp: training failed (launcher exit code {code})" + (f": {first}" if first else
-                                                                       "; see the rank output above"))
+        _say(f"ds-tp: training failed (launcher exit code {code})" + (f": {first}" if first else "")
+             + f"; every rank's output is in {logs}/")
+        if not verbose:
+            _say(failure_tail(logs, watcher.first_failed_rank()))
         sys.exit(code if 0 < code < 256 else 1)
+
+
+def report_run(output_dir: Path) -> None:
+    """After a finished run: its summary, and its curves as output_dir/training_curves.png (with matplotlib)."""
+    from ds_tp import report as rep
+    try:
+        rows = rep.read_rows(output_dir)
+        _say(rep.summary_text(output_dir.name, rows))
+        _say(f"ds-tp: curves: {rep.write_curves([(output_dir.name, rows)], output_dir / rep.CURVES_FILE)}")
+    except UserError as exc:  # no logged step, or no matplotlib: the run itself is fine
+        _say(f"ds-tp: no curves picture: {exc.problems[0]}")
+
+
+def console_and_logs(output_dir, env: dict, machine_rank: int, verbose: bool):
+    """The logs folder (the ranks append to rank-N.log, env DS_TP_LOG_DIR), the console view of rank 0's
+    events (machine 0 only; none with --verbose, where the ranks' own lines reach the console) and the
+    launcher's log file (None with --verbose)."""
+    from ds_tp.launch.console import ConsoleView, live_console
+    from ds_tp.runfiles import CONSOLE, LAUNCHER_LOG, logs_dir
+    from ds_tp.train.metrics import CONSOLE_ENV
+    from ds_tp.train.worker import LOG_DIR_ENV, VERBOSE_ENV
+
+    logs = logs_dir(output_dir).resolve()
+    logs.mkdir(parents=True, exist_ok=True)
+    env[LOG_DIR_ENV] = str(logs)
+    if verbose:
+        env[VERBOSE_ENV] = "1"
+        return logs, None, None
+    view = None
+    if machine_rank == 0:
+        events = run_dir(output_dir).resolve() / CONSOLE
+        events.unlink(missing_ok=True)
+        env[CONSOLE_ENV] = str(events)
+        view = ConsoleView(events, live=live_console()).start()
+    return logs, view, open(logs / LAUNCHER_LOG, "a", encoding="utf-8")
+
+
+def failure_tail(logs: Path, rank: int | None, lines: int = 15) -> str:
+    """The last lines of the failed rank's log (or the launcher's, when no rank is known to have failed)."""
+    from ds_tp.runfiles import LAUNCHER_LOG
+    path = logs / (f"rank-{rank}.log" if rank is not None else LAUNCHER_LOG)
+    if not path.is_file():
+        return f"ds-tp: ({path} is missing: the rank did not start)"
+    tail = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    return f"ds-tp: the end of {path}:\n" + "\n".join(f"  {line}" for line in tail)

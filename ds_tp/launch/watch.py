@@ -115,18 +115,34 @@ class RankWatcher:
                     self.deaths[rank] = (now, dict(r, silent=silent))
             self._stop.wait(self.interval)
 
-    def describe(self) -> str | None:
-        """The rank that failed first. Ranks that die together in one poll: a rank that left no Python
-        error was killed; the others usually died of it (a peer's connection reset)."""
+    def _first(self) -> dict | None:
+        """The record of the rank that failed first. Ranks that die together in one poll: a rank that left
+        no Python error was killed; the others usually died of it (a peer's connection reset)."""
         if not self.deaths:
-            errors = sorted(self.folder.glob("rank-*.error"), key=lambda p: p.stat().st_mtime)
-            return f"{errors[0].stem} failed: {errors[0].read_text().strip()}" if errors else None
+            return None
 
         def order(item):
             seen, rank = item
             return seen, (self.folder / f"rank-{rank['rank']}.error").exists(), rank["rank"]
 
-        _, first = min(self.deaths.values(), key=order)
+        return min(self.deaths.values(), key=order)[1]
+
+    def _errors(self) -> list[Path]:
+        return sorted(self.folder.glob("rank-*.error"), key=lambda p: p.stat().st_mtime)
+
+    def first_failed_rank(self) -> int | None:
+        first = self._first()
+        if first is not None:
+            return int(first["rank"])
+        errors = self._errors()
+        return int(errors[0].stem.split("-")[1]) if errors else None
+
+    def describe(self) -> str | None:
+        """The rank that failed first, and why."""
+        first = self._first()
+        if first is None:
+            errors = self._errors()
+            return f"{errors[0].stem} failed: {errors[0].read_text().strip()}" if errors else None
         error = self.folder / f"rank-{first['rank']}.error"
         if error.exists():
             why = error.read_text().strip()

@@ -25,9 +25,10 @@ from ds_tp.train.checkpoint import save_checkpoint
 from ds_tp.train.flops import mfu
 from ds_tp.train.internals import disable_backward_allreduce
 from ds_tp.train.loss import linear_cross_entropy_sum
-from ds_tp.train.metrics import MetricsLog, Progress
+from ds_tp.train.metrics import ConsoleEvents, MetricsLog, console
 from ds_tp.train.nonfinite import StepGuard
 from ds_tp.train.schedule import EvalStepped
+from ds_tp.train.trackers import Trackers
 from ds_tp.train.watchdog import EarlyStopping, LossWatchdog
 
 
@@ -47,7 +48,8 @@ class LoopState:
     """What the after-step actions share across steps."""
 
     metrics: MetricsLog | None
-    progress: Progress | None
+    trackers: Trackers | None
+    progress: ConsoleEvents | None
     guard: StepGuard
     agreement: object | None
     stop: object | None
@@ -55,6 +57,9 @@ class LoopState:
     early: EarlyStopping
     window_start: float
     window_tokens: int = 0
+    tokens: int = 0  # real tokens trained through the last step, over the whole run (resumes included)
+    train_s: float = 0.0  # seconds in the loop before this attempt started (a resumed run's earlier share)
+    loop_start: float = 0.0
     save_s: float = 0.0
     row: dict | None = None
     halted: bool = False
@@ -158,12 +163,20 @@ class Trainer:
         main = self.mesh.is_main
         state = LoopState(
             metrics=MetricsLog(self.output_dir / "metrics.jsonl", start_step) if main else None,
-            progress=Progress(plan.total_steps, start_step) if main else None,
+            trackers=Trackers(plan.config, self.output_dir, start_step > 0) if main else None,
+            progress=console() if main else None,
             guard=StepGuard(self.engine, self.mesh.rank, int(plan.config.get("max_nonfinite_steps", 10)),
                             self.layout.tp),
             agreement=self._stop_agreement(stop), stop=stop, window_start=time.perf_counter(),
             watchdog=LossWatchdog(plan.config.get("loss_watchdog_threshold"), plan.config.get("loss_watchdog_patience")),
             early=EarlyStopping(plan.config.get("early_stopping_patience"), (resumed or {}).get("early_stopping")))
+        state.tokens = int(sum(self.row_lengths[self.batches.global_rows(s)].sum() for s in range(start_step)))
+        state.train_s = float(state.metrics.last_row.get("train_s", 0.0)) if state.metrics else 0.0
+        state.loop_start = time.perf_counter()
+        if state.trackers and state.trackers.describe():
+            self.log(f"trackers: {state.trackers.describe()}")
+        if state.progress:
+            state.progress.start(start_step, plan.total_steps)
         actions = (self._log_if_due, self._evaluate_if_due, self._show, self._save_or_stop)
         reached = start_step
         with (self._profiler() if plan.use_profiler else nullcontext()) as prof:
@@ -171,6 +184,7 @@ class Trainer:
                 result = self._train_step(step, state.guard)
                 reached = result.done
                 state.window_tokens += result.real_tokens
+                state.tokens += result.real_tokens
                 if prof is not None and hasattr(prof, "step"):
                     prof.step()
                 state.row = None
@@ -178,7 +192,7 @@ class Trainer:
                     action(result, state)
                 if state.halted:
                     break
-        for closing in (state.agreement, state.progress, state.metrics):
+        for closing in (state.agreement, state.progress, state.metrics, state.trackers):
             if closing is not None:
                 closing.close()
         return reached
@@ -211,9 +225,11 @@ class Trainer:
             state.row = self._log_row(result.done, result.loss_sum, result.global_tokens, result.lr,
                                       state.window_tokens, state.window_start, state.guard)
             state.window_tokens, state.window_start = 0, time.perf_counter()
+            state.row |= {"tokens": state.tokens, "train_s": state.train_s + time.perf_counter() - state.loop_start}
             if state.metrics:
                 state.metrics.write(state.row)
-                self._monitor(state.row, ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"))
+            if state.trackers:
+                state.trackers.write(state.row)
             state.watchdog.check(result.done, state.row["loss"])
         state.guard.after_optimizer_step(result.step)  # after the row is written: it shows the last skipped step
 
@@ -226,7 +242,8 @@ class Trainer:
             self.engine.lr_scheduler.step(eval_row["eval_loss"])
         if state.metrics:
             state.metrics.write(eval_row)
-            self._monitor(eval_row, ("eval_loss",))
+        if state.trackers:
+            state.trackers.write(eval_row)
         if state.progress:
             state.progress.update(result.done, eval_row)
         if state.early.should_stop(eval_row["eval_loss"]) and result.done < self.plan.total_steps:
@@ -305,12 +322,6 @@ class Trainer:
                 "grad_norm": norm, "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
                 "peak_mem_gib": peak_memory_gib(self.device), "mfu": mfu(per_device, self.flops_token, self.peak),
                 "epoch": done / self.plan.steps_per_epoch, "skipped_steps": self.engine.skipped_steps}
-
-    def _monitor(self, row: dict, keys: tuple) -> None:
-        """The same figures to DeepSpeed's tensorboard/wandb monitors, when the config enables them."""
-        monitor = getattr(self.engine, "monitor", None)
-        if monitor is not None and monitor.enabled:
-            monitor.write_events([(f"Train/{k}", row[k], row["step"]) for k in keys if row.get(k) is not None])
 
     @torch.no_grad()
     def evaluate(self) -> float:

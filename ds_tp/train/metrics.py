@@ -1,9 +1,9 @@
-"""What rank 0 reports: metrics.jsonl (whole lines, flushed), and a progress bar or log lines."""
+"""What rank 0 reports: metrics.jsonl (whole lines, flushed), and its events for the console."""
 from __future__ import annotations
 
 import json
 import math
-import sys
+import os
 from pathlib import Path
 
 
@@ -12,8 +12,9 @@ class MetricsLog:
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
+        self.last_row: dict = {}  # the last row kept from before a resume (its train_s continues)
         if resume_step is not None:
-            truncate_after_step(path, resume_step)
+            self.last_row = truncate_after_step(path, resume_step)
         self.file = open(path, "a", encoding="utf-8")
 
     def write(self, row: dict) -> None:
@@ -24,11 +25,12 @@ class MetricsLog:
         self.file.close()
 
 
-def truncate_after_step(path: Path, step: int) -> None:
-    """Keep only rows up to `step` (and drop a half-written last line): the file reads as one run."""
+def truncate_after_step(path: Path, step: int) -> dict:
+    """Keep only rows up to `step` (and drop a half-written last line): the file reads as one run. Returns the
+    last training row kept ({} if none)."""
     if not path.exists():
-        return
-    keep = []
+        return {}
+    keep, last = [], {}
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
@@ -36,9 +38,11 @@ def truncate_after_step(path: Path, step: int) -> None:
             continue
         if isinstance(row, dict) and row.get("step", 0) <= step:
             keep.append(line)
+            last = row if "loss" in row else last
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
     tmp.replace(path)
+    return last
 
 
 def fmt(row: dict) -> str:
@@ -66,27 +70,68 @@ def fmt(row: dict) -> str:
     return " | ".join(parts)
 
 
-class Progress:
-    """A rich progress bar on a terminal; plain log lines otherwise (CI logs, pipes)."""
+def brief(row: dict) -> str:
+    """The latest figures under the progress bar: loss, lr, grad norm, tokens/s, memory, MFU."""
+    parts = [f"loss {row['loss']:.4f}"] if "loss" in row else []
+    if "rewards/accuracies" in row:
+        parts.append(f"reward_acc {row['rewards/accuracies']:.2f}")
+    if "lr" in row:
+        parts.append(f"lr {row['lr']:.2g}")
+    if row.get("grad_norm") is not None and not math.isnan(row["grad_norm"]):
+        parts.append(f"gnorm {row['grad_norm']:.3g}")
+    if "tokens_per_s" in row:
+        parts.append(f"{row['tokens_per_s']:.0f} tok/s")
+    if row.get("peak_mem_gib") is not None:
+        parts.append(f"{row['peak_mem_gib']:.1f} GiB")
+    if row.get("mfu") is not None:
+        parts.append(f"MFU {100 * row['mfu']:.1f}%")
+    return " | ".join(parts)
 
-    def __init__(self, total: int, start: int):
-        self.bar = None
-        if sys.stdout.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-            from rich.progress import Progress as Bar
-            self.bar = Bar(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                           TextColumn("{task.fields[status]}"))
-            self.task = self.bar.add_task("train", total=total, completed=start, status="")
-            self.bar.start()
+
+CONSOLE_ENV = "DS_TP_CONSOLE"  # set by `ds-tp train`: the file rank 0 streams its events to
+
+
+class ConsoleEvents:
+    """What rank 0 tells the user. Printed to its stdout (the rank's log file under `ds-tp train`, the
+    terminal or a test's capture otherwise) and, when `ds-tp train` launched the rank, appended as JSON
+    lines to output_dir/ds_tp/console.jsonl, from which the launching process draws the progress bar or
+    the plain lines (launch/console.py): {"start", "total"}, {"step"} every step, {"row"} per logging
+    step or eval, {"say"} for a message."""
+
+    def __init__(self, path: str | None = None):
+        path = path if path is not None else os.environ.get(CONSOLE_ENV)
+        self.file = open(path, "a", encoding="utf-8") if path else None
+
+    def _emit(self, event: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(event, allow_nan=True) + "\n")
+            self.file.flush()
+
+    def say(self, text: str) -> None:
+        print(f"[ds-tp] {text}", flush=True)
+        self._emit({"say": text})
+
+    def start(self, step: int, total: int) -> None:
+        self._emit({"start": step, "total": total})
 
     def update(self, step: int, row: dict | None) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, **({"status": fmt(row)} if row else {}))
-            if row:
-                self.bar.console.print(fmt(row))
-        elif row:
+        if row:
             print(fmt(row), flush=True)
+            self._emit({"row": row})
+        else:
+            self._emit({"step": step})
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+    def close(self) -> None:  # the process's one stream stays open for the messages after training
+        if self.file is not None:
+            self.file.flush()
+
+
+_EVENTS: ConsoleEvents | None = None
+
+
+def console() -> ConsoleEvents:
+    """This process's one event stream (rank 0's messages and progress share it, in order)."""
+    global _EVENTS
+    if _EVENTS is None:
+        _EVENTS = ConsoleEvents()
+    return _EVENTS

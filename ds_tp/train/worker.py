@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from ds_tp.train.flops import PEAK_SOURCE, flops_per_token, peak_flops
     from ds_tp.train.loop import Trainer
     from ds_tp.train.mesh import attach_sequence_parallel, init_distributed
+    from ds_tp.train.metrics import console
     from ds_tp.train.model import attention_for, load_model, shapes_before_sharding, sharding_report
     from ds_tp.train.optimizer import build_optimizer, param_groups
     from ds_tp.train.preempt import StopRequest
@@ -38,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     layout = run.layout
     mesh = init_distributed(layout, int(cfg.get("ddp_timeout", 1800)))
 
-    def log(message: str) -> None:
+    def log(message: str) -> None:  # for the user: the console too
+        if mesh.is_main:
+            console().say(message)
+
+    def detail(message: str) -> None:  # for the record: this rank's log only
         if mesh.is_main:
             print(f"[ds-tp] {message}", flush=True)
 
@@ -71,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         from ds_tp.train.tp_lora import split_lora_layers
         split_lora_layers(model, mesh)
     call_hook(plugins, "post_model_load", cfg, model)
+    if plan.mode == "evaluate":
+        from ds_tp.train.evaluate import evaluate_model
+        train_rows, eval_rows = load_prepared(Path(plan.prepared_path))
+        pad_id = load_tokenizer(plan.model_path, cfg).pad_token_id
+        evaluate_model(plan, run, mesh, model, attn, (train_rows, eval_rows, pad_id, 0.0, None), log)
+        del keep_alive
+        return 0
     shape = run.model
     groups = param_groups(model, float(cfg.get("weight_decay") or 0.0))
     # the user's own deepspeed JSON may name a DeepSpeed scheduler; otherwise ds-tp's schedule drives the rate
@@ -85,16 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         f"(micro {engine.train_micro_batch_size_per_gpu()} x gas {engine.gradient_accumulation_steps()} x dp "
         f"{layout.dp}); ZeRO stage {engine.zero_optimization_stage()}; precision {run.precision.name}; attention {attn}")
     for axis in ("tp", "cp", "dp"):
-        log(f"{axis} groups: {layout.groups(axis)}")
+        detail(f"{axis} groups: {layout.groups(axis)}")
     for line in sharding_report(engine, mesh, global_shapes):
-        log(line)
+        detail(line)
     if layout.tp > 1 and shape.tied:
-        log("tied input/output embeddings: AutoTP keeps them replicated on every TP rank (not sharded)")
+        detail("tied input/output embeddings: AutoTP keeps them replicated on every TP rank (not sharded)")
     for note in plan.notes:
         log(note)
     flops_token = flops_per_token(shape.non_embedding_params, shape.layers, shape.hidden, int(cfg["sequence_len"]))
     peak = peak_flops(device["name"], run.precision.name) if device["accelerator"] == "cuda" else None
-    log(f"FLOPs/token {flops_token:.3g} = 6N + 12*L*H*T (Kaplan 2020 / PaLM app. B); peak "
+    detail(f"FLOPs/token {flops_token:.3g} = 6N + 12*L*H*T (Kaplan 2020 / PaLM app. B); peak "
         + (f"{peak:.3g} FLOP/s ({PEAK_SOURCE})" if peak else f"unknown for {device['name']} ({run.precision.name}): "
            "MFU not reported"))
 
@@ -177,6 +189,36 @@ def report_compiled(graphs_before: int | None, log) -> None:
         "torch_compile: warning: dynamo compiled no graph, so the model ran uncompiled")
 
 
+LOG_DIR_ENV, VERBOSE_ENV = "DS_TP_LOG_DIR", "DS_TP_VERBOSE"  # set by `ds-tp train`
+
+
+def to_log_file(rank: int) -> None:
+    """Under `ds-tp train`: this rank's stdout and stderr (DeepSpeed's, torch's and transformers' lines, and
+    any traceback) appended to output_dir/ds_tp/logs/rank-N.log; with --verbose, also on the console."""
+    import subprocess
+    import time
+
+    folder = os.environ.get(LOG_DIR_ENV)
+    if not folder:
+        return
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"rank-{rank}.log")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"==== rank {rank}, pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.environ.get(VERBOSE_ENV):  # tee: the file and the console (the launcher's stdout) both get it
+        tee = subprocess.Popen(["tee", "-a", path], stdin=subprocess.PIPE, stdout=sys.stdout.fileno(),
+                               start_new_session=False)
+        target = tee.stdin.fileno()
+    else:
+        target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(target, 1)
+    os.dup2(target, 2)
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
+
+
 def run(argv: list[str] | None = None) -> int:
     """main(), recording this rank's pid and, if it fails, its error for the launching process."""
     from ds_tp.runfiles import PreparedRun, record_rank_end, record_rank_error, record_rank_start
@@ -185,6 +227,7 @@ def run(argv: list[str] | None = None) -> int:
     run_file = args[args.index("--run-file") + 1] if "--run-file" in args else None
     output_dir = PreparedRun.read(Path(run_file)).output_dir if run_file else None
     rank = int(os.environ.get("RANK", 0))
+    to_log_file(rank)
     if output_dir:
         record_rank_start(output_dir, rank)
     try:

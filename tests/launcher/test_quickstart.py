@@ -13,6 +13,25 @@ def test_quickstart_learns(tmp_path):
     f = figures(out)
     assert f["last_loss"] < 0.8 * f["first_loss"], f
     assert f["accuracy_before"] == 0 and f["accuracy_after"] >= ACCURACY_FLOOR["full"], f
+    assert (out / "training_curves.png").is_file() and "ds-tp: curves:" in log and "training time" in log
+    # `ds-tp inference` answers held-out tasks as the check's greedy decoding does: right where that is right
+    right = held_out_answered_right(out)
+    assert len(right) >= 2, right
+    for row in right[:2]:
+        code, answer = ds_tp("inference", EXAMPLES / "quickstart.yaml", "--output-dir", out, "--prompt",
+                             row["instruction"], "--input", row["input"], "--max-new-tokens", "8", stderr=False)
+        assert code == 0 and answer.strip() == row["output"], (row, answer)
+
+
+def held_out_answered_right(out) -> list[dict]:
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ds_tp.assets import greedy_accuracy
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    rows = [json.loads(x) for x in (EXAMPLES / "quickstart/data/heldout.jsonl").read_text().splitlines()]
+    return [r for r in rows if greedy_accuracy(model, tokenizer, [r]) == 1.0]
 
 
 def test_quickstart_lora_learns_saves_an_adapter_and_merges(tmp_path):

@@ -13,9 +13,11 @@ DS_TP = str(Path(sys.executable).parent / "ds-tp")
 SHORT = ["--max-steps", "3", "--logging-steps", "1", "--sequence-len", "64"]
 
 
-def ds_tp(*args, timeout=400):
+def ds_tp(*args, timeout=400, stderr=True):
+    """(exit code, output); stderr=False: stdout alone (stderr is not captured)."""
     env = dict(os.environ, PATH="/usr/bin:/bin", OMP_NUM_THREADS="1")  # venv not activated
-    proc = subprocess.Popen([DS_TP, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen([DS_TP, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT if stderr else subprocess.DEVNULL, text=True,
                             cwd=ROOT, env=env, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -45,9 +47,19 @@ def test_train_through_launcher(tmp_path, launcher):
     assert "was replaced" in log and not (out / "checkpoint-7").exists() and not list(out.glob("replaced-run-*"))
     assert (out / "notes.txt").read_text() == "the user's own file"
     assert (out / "model.safetensors").is_file()
-    assert "ZeRO stage 3" in log and "step 3/3" in log
+    assert "ZeRO stage 3" in log and "step 3/3 | loss" in log  # piped: plain lines, no bar
+    assert "━" not in log and "eta" not in log
+    # quiet: the launcher's and the ranks' own lines are in output_dir/ds_tp/logs, not on the console
+    for chatter in ("[INFO]", "FutureWarning", "[ds-tp]", "launch.py", "Attempting to get learning rate"):
+        assert chatter not in log, (chatter, log[-3000:])
+    logs = out / "ds_tp" / "logs"
+    rank0 = (logs / "rank-0.log").read_text()
     # the sharding report: ZeRO-3 over 2 ranks holds half of a 64 x 64 projection here
-    assert "q_proj.weight: global [64, 64], on TP rank 0/1 [64, 64], held here 2048 elements" in log
+    assert "q_proj.weight: global [64, 64], on TP rank 0/1 [64, 64], held here 2048 elements" in rank0
+    assert "step 3/3 | loss" in rank0 and "FutureWarning" in rank0
+    assert "==== rank 1, pid" in (logs / "rank-1.log").read_text()
+    if launcher == "deepspeed":
+        assert "[INFO] [launch.py" in (logs / "launcher.log").read_text()
 
 
 def test_print_command_uses_this_interpreter(tmp_path):

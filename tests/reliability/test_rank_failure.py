@@ -37,6 +37,8 @@ def test_killed_rank_is_named_and_nothing_hangs(tmp_path):
     job, rank1, _, log = _signal_rank1_after_checkpoint(tmp_path, signal.SIGKILL, ddp_timeout=60)
     assert job.returncode != 0
     assert f"rank 1 (pid {rank1['pid']} on {rank1['host']}) failed first" in log, log[-3000:]
+    assert f"every rank's output is in {out.resolve()}/ds_tp/logs/" in log  # and the end of the dead rank's log
+    assert f"the end of {out.resolve()}/ds_tp/logs/rank-1.log:" in log, log[-3000:]
     assert not survivors(out)
     done = existing_checkpoints(out)
     result = CliRunner().invoke(main, ["export", str(done[-1]), str(tmp_path / "hf")])
