@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from ds_tp.errors import EXIT_USER_ERROR, UserError
+from ds_tp.errors import EXIT_USER_ERROR, Problem, UserError
 
 PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["-h", "--help"]}
 
@@ -207,6 +207,10 @@ def _launch_job(ctx, config, num_processes, launcher, num_machines, machine_rank
         spec.master_addr = first_host_address(hostfile, hosts[0], dict(os.environ))
 
     def with_world(cfg) -> None:  # the config is loaded: check the launch for its world, then prepare data
+        if mode == "evaluate" and cfg.values.get("rl"):
+            raise UserError(Problem(f"rl: {cfg.values['rl']}: `ds-tp evaluate` does not evaluate preference runs (their "
+                                    "reference would be the evaluated model itself); a run's eval_rewards/* and "
+                                    "eval_loss are in its metrics.jsonl", key="rl", where=cfg.where(("rl",))))
         _print_findings(cfg)
         spec.world = cfg.layout.world
         spec.check()
@@ -405,8 +409,7 @@ def doctor(ctx, config, hostfile, plugin_modules):
         click.echo(line)
 
 
+from ds_tp import cli_after_training  # noqa: E402,F401  (registers evaluate, inference, report)
+
 if __name__ == "__main__":
     main()
-
-
-from ds_tp import cli_after_training  # noqa: E402,F401  (registers evaluate, inference, report)

@@ -57,12 +57,16 @@ def report(output_dirs, output):
     for label, rows in runs:
         click.echo(rep.summary_text(label, rows))
     path = output or (output_dirs[0] / rep.CURVES_FILE if len(output_dirs) == 1 else Path(rep.CURVES_FILE))
-    click.echo(f"curves: {rep.write_curves(runs, path)}")
+    try:
+        click.echo(f"curves: {rep.write_curves(runs, path)}")
+    except OSError as exc:
+        from ds_tp.errors import UserError
+        raise UserError(f"cannot write the picture: {exc.strerror or exc}", where=str(path)) from None
 
 
 def say_what_is_evaluated(cfg, prepared) -> None:
     from ds_tp.runfiles import ADAPTER_FILES, MODEL_FILES
-    out = Path(prepared.output_dir)
+    out = Path(cfg.values.get("output_dir", "./model-out"))
     adapter = bool(cfg.values.get("adapter"))
     saved = all((out / f).is_file() for f in (ADAPTER_FILES if adapter else MODEL_FILES))
     evaluated = Path(cfg.values.get("lora_model_dir") or "") if adapter else Path(prepared.model_path)

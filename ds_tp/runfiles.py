@@ -10,6 +10,8 @@
       checkpoint-N/                DeepSpeed's files + ds_tp_state.json (written last: complete)
       tmp-save-N/                  a checkpoint being written (never resumed from)
       latest, metrics.jsonl, config.json, model*.safetensors, tokenizer files
+      runs/ (tensorboard), wandb/, training_curves.png
+      ds_tp_evaluate/ds_tp/        `ds-tp evaluate`'s run files, never a training run's; eval_summary.csv
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ PREEMPTED = "preempted.json"
 ENV_FILE = "deepspeed_env"
 LOGS_DIR = "logs"
 LAUNCHER_LOG = "launcher.log"
-EVALUATE_DIR = "evaluate"  # ds_tp/evaluate/: `ds-tp evaluate`'s run file, beside (never over) training's
+EVALUATE_DIR = "ds_tp_evaluate"  # `ds-tp evaluate`'s own root in output_dir: its run file, rank records, logs
 EVAL_SUMMARY = "eval_summary.csv"  # Axolotl's file name
 CONSOLE = "console.jsonl"
 STATE_FILE = "ds_tp_state.json"
@@ -41,6 +43,7 @@ LATEST = "latest"
 METRICS = "metrics.jsonl"
 MODEL_FILES = ("config.json", "model.safetensors")  # what marks a finished export in output_dir
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # ... of an adapter run
+TRACKER_FILES = ("runs", "wandb", "training_curves.png")  # tensorboard, wandb offline, the curves
 
 
 def run_dir(output_dir: str | Path) -> Path:
@@ -85,7 +88,7 @@ def run_files(output_dir: Path) -> list[Path]:
     if not output_dir.is_dir():
         return []
     return [p for p in output_dir.iterdir() if p.name.startswith((CHECKPOINT_PREFIX, TMP_SAVE_PREFIX))
-            or p.name in (METRICS, LATEST, RUN_DIR, *MODEL_FILES, *ADAPTER_FILES)]
+            or p.name in (METRICS, LATEST, RUN_DIR, *MODEL_FILES, *ADAPTER_FILES, *TRACKER_FILES)]
 
 
 def write_state(checkpoint: Path, state: dict) -> None:

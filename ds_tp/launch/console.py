@@ -31,7 +31,8 @@ class ConsoleView:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self._read()  # whatever came after the last poll
+        if not self._thread.is_alive():
+            self._read()  # whatever came after the last poll
         if self.bar is not None:
             self.bar.stop()
 
@@ -52,10 +53,9 @@ class ConsoleView:
         self._partial = lines.pop()  # a line still being written
         for line in lines:
             try:
-                event = json.loads(line)
-            except ValueError:
+                self.show(json.loads(line))
+            except (ValueError, KeyError, TypeError):  # a line the view cannot read is skipped, not fatal
                 continue
-            self.show(event)
 
     # --- one event ------------------------------------------------------------------------------
     def show(self, event: dict) -> None:

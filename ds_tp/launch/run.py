@@ -6,13 +6,49 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 
 KILL_AFTER_S = 5.0
 
 
+SECRET_NAMES = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
+
+
+def secrets_of(env: dict[str, str]) -> list[str]:
+    """Values of variables whose names say they are secrets (HF_TOKEN, WANDB_API_KEY, ...): DeepSpeed's runner
+    prints its pdsh command with `export NAME=value` for every carried variable."""
+    return sorted({v for k, v in env.items() if len(v) >= 6 and any(w in k.upper() for w in SECRET_NAMES)},
+                  key=len, reverse=True)
+
+
+def pump(stream, output, secrets: list[str]) -> threading.Thread:
+    """Copy the launcher's output to `output` line by line, each secret value replaced by '***'."""
+    def run():
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", errors="replace")
+            for secret in secrets:
+                line = line.replace(secret, "***")
+            output.write(line)
+            output.flush()
+        stream.close()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def run_launcher(cmd: list[str], env: dict[str, str], watcher=None, say=None, output=None) -> int:
-    """output: a file for the launcher's stdout and stderr (None: this process's)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
+    """output: a file for the launcher's stdout and stderr, secrets redacted (None: this process's)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE if output else None,
+                            stderr=subprocess.STDOUT if output else None)
+    copier = pump(proc.stdout, output, secrets_of(env)) if output else None
+    try:
+        return _wait(proc, watcher, say)
+    finally:
+        if copier is not None:
+            copier.join(timeout=10)
+
+
+def _wait(proc, watcher, say) -> int:
     if watcher is not None:
         watcher.start()
 

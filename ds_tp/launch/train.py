@@ -81,6 +81,8 @@ def plan_training(config: Path, overrides, num_processes: int | None, *, use_pro
     prepared = prepare_run(cfg, device=device, resume_from=resume, use_profiler=use_profiler, overwrite=overwrite,
                            check_output=machine_rank == 0 and mode == "train")
     prepared.mode = mode
+    if mode == "evaluate":  # its own root: a training run in output_dir (even a live one) is not touched
+        prepared.output_dir = str(Path(prepared.output_dir) / EVALUATE_DIR)
     return cfg, prepared, cfg.layout.world, device
 
 
@@ -93,7 +95,7 @@ def prepare_training(config: Path, overrides, num_processes: int | None, **kwarg
 
 # Variables every node's ranks need; the runner's own list only covers NCCL/PYTHON/UCX/MV2/MLFLOW.
 CARRIED_PREFIXES = ("NCCL_", "HF_", "PYTHONPATH", "OMP_", "DS_TP_", "DS_ACCELERATOR", "TRANSFORMERS_", "CUDA_",
-                    "TORCH_")
+                    "TORCH_", "WANDB_")
 
 
 def carry_environment(env: dict, folder: Path) -> Path:
@@ -213,13 +215,13 @@ def launch(cfg, prepared, spec, device, machine_rank: int, overwrite: bool, verb
         _say(f"ds-tp: --overwrite: the previous run is in {replaced.aside} until this one logs its first step")
         replaced.watch()
     evaluating = prepared.mode == "evaluate"
-    run_path = write_run_files(prepared, cfg, machine_rank,
-                               folder=run_dir(prepared.output_dir) / EVALUATE_DIR if evaluating else None)
+    run_path = write_run_files(prepared, cfg, machine_rank)
     cmd = launcher_command(spec, str(run_path.resolve()), run_path.parent)
     _say(f"ds-tp: {cfg.layout.product()}; " + (f"evaluating {prepared.model_path}" if evaluating else
          f"{prepared.total_steps} steps of {prepared.global_batch} sequences ({prepared.steps_per_epoch} per epoch)")
          + f"; run file {run_path}")
     env = rank_environment(spec.per_node, device["accelerator"])
+    logs, view, output = console_and_logs(prepared.output_dir, env, machine_rank, verbose)  # before the env file
     private = None
     if spec.hostfile:  # HF_TOKEN and the like: a 0600 file in a private temporary folder, removed below
         private = Path(tempfile.mkdtemp(prefix="ds-tp-env-"))
@@ -227,10 +229,13 @@ def launch(cfg, prepared, spec, device, machine_rank: int, overwrite: bool, verb
     silent_after = silence_limit(float(prepared.config.get("ddp_timeout") or 1800))
     watcher = RankWatcher(prepared.output_dir, clear=not machine_rank, silent_after=silent_after)
     clear_marker(prepared.output_dir)
-    logs, view, output = console_and_logs(prepared.output_dir, env, machine_rank, verbose)
+    first = failed_rank = kept = None
     try:
         code = run_launcher(cmd, env, watcher, say=_say, output=output)
         watcher.wait_for_ranks(timeout=60)
+        if code != 0:  # read now: a replaced run put back (settle) takes this attempt's ds_tp/ with it
+            first, failed_rank = watcher.describe(), watcher.first_failed_rank()
+            kept = keep_failed_logs(logs) if replaced else None
     finally:
         if view:
             view.stop()
@@ -240,6 +245,8 @@ def launch(cfg, prepared, spec, device, machine_rank: int, overwrite: bool, verb
             shutil.rmtree(private, ignore_errors=True)
         if replaced:
             _say(f"ds-tp: {replaced.settle()}")
+            if kept:
+                logs = restore_failed_logs(*kept, logs)
     stopped = read_marker(prepared.output_dir)
     if stopped:
         saved = (f"saved {stopped['checkpoint']}" if not stopped.get("why_not_saved") else
@@ -251,12 +258,33 @@ def launch(cfg, prepared, spec, device, machine_rank: int, overwrite: bool, verb
     if code == 0 and not evaluating and machine_rank == 0:
         report_run(Path(prepared.output_dir))
     if code != 0:
-        first = watcher.describe()
-        _say(f"ds-tp: training failed (launcher exit code {code})" + (f": {first}" if first else "")
-             + f"; every rank's output is in {logs}/")
+        _say(f"ds-tp: {'evaluation' if evaluating else 'training'} failed (launcher exit code {code})"
+             + (f": {first}" if first else "") + f"; every rank's output is in {logs}/")
         if not verbose:
-            _say(failure_tail(logs, watcher.first_failed_rank()))
+            _say(failure_tail(logs, failed_rank))
         sys.exit(code if 0 < code < 256 else 1)
+
+
+def keep_failed_logs(logs: Path) -> tuple[Path, str]:
+    """--overwrite, and the new run failed before its first step: its logs, moved out of the way of the
+    previous run that settle() puts back (the new run's ds_tp/ goes), to be put under that run's logs."""
+    import tempfile
+    import time
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    keep = Path(tempfile.mkdtemp(prefix="ds-tp-failed-logs-", dir=logs.parent.parent))
+    if logs.is_dir():
+        logs.rename(keep / "logs")
+    return keep, stamp
+
+
+def restore_failed_logs(keep: Path, stamp: str, logs: Path) -> Path:
+    import shutil
+    target = logs / f"failed-{stamp}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if (keep / "logs").is_dir():
+        (keep / "logs").rename(target)
+    shutil.rmtree(keep, ignore_errors=True)
+    return target
 
 
 def report_run(output_dir: Path) -> None:
@@ -268,6 +296,8 @@ def report_run(output_dir: Path) -> None:
         _say(f"ds-tp: curves: {rep.write_curves([(output_dir.name, rows)], output_dir / rep.CURVES_FILE)}")
     except UserError as exc:  # no logged step, or no matplotlib: the run itself is fine
         _say(f"ds-tp: no curves picture: {exc.problems[0]}")
+    except Exception as exc:  # noqa: BLE001  (a full disk, a plotting error: the run is still fine)
+        _say(f"ds-tp: no curves picture: {type(exc).__name__}: {exc}")
 
 
 def console_and_logs(output_dir, env: dict, machine_rank: int, verbose: bool):

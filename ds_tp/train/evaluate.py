@@ -1,7 +1,8 @@
 """`ds-tp evaluate`: the model's loss (and perplexity) on the config's splits, as Axolotl's evaluate reports
 them (train and eval, eval_summary.csv in output_dir), on the same layout machinery as training.
 
-The model is what Axolotl evaluates: base_model, with the adapter of lora_model_dir when the config has one.
+rl: configs are refused before launch (the reference would be the evaluated model). The model is what Axolotl
+evaluates: base_model, with the adapter of lora_model_dir when the config has one.
 It goes through deepspeed.initialize without an optimizer (ZeRO-3 keeps it partitioned, AutoTP splits it),
 and the loss is the trainer's own token-weighted eval loss, so it equals the eval_loss that training logged
 for the same weights.
@@ -24,24 +25,18 @@ def evaluate_model(plan, run, mesh, model, attn: str, data: tuple, log) -> dict[
         param.requires_grad_(False)
     engine, _, _, _ = deepspeed.initialize(model=model, config=reference_ds_config(plan.ds_config), mpu=mesh.mpu)
     train_rows, eval_rows, pad_id, flops_token, peak = data
-    if run.preference:
-        from ds_tp.train.worker import preference_trainer
-        trainer = preference_trainer(plan, run, mesh, engine, attn, data, log)
-    else:
-        trainer = Trainer(plan, run, mesh, engine, train_rows, eval_rows, pad_id, flops_token, peak, log)
+    trainer = Trainer(plan, run, mesh, engine, train_rows, eval_rows, pad_id, flops_token, peak, log)
     results: dict[str, float] = {}
     for split, rows in (("train", train_rows), ("eval", eval_rows)):
         if rows is None or len(rows) == 0:
             continue
-        trainer.eval_rows = rows  # (preference rows find their reference log-probs by split: train_rows is train)
+        trainer.eval_rows = rows
         loss = trainer.evaluate()
         results[f"{split}_loss"] = loss
-        if not run.preference:
-            results[f"{split}_perplexity"] = math.exp(min(loss, 700.0))
-        results |= {f"{split}_{k.removeprefix('eval_')}": v for k, v in trainer.eval_metrics.items()}
+        results[f"{split}_perplexity"] = math.exp(min(loss, 700.0))
         log(f"{split}: " + ", ".join(f"{k.removeprefix(split + '_')} {v:.6g}" for k, v in results.items()
                                       if k.startswith(split + "_")) + f" ({len(rows)} rows)")
-    if mesh.is_main:
+    if mesh.is_main:  # the config's output_dir (plan.output_dir is evaluate's own root inside it)
         path = write_summary(Path(plan.config.get("output_dir", "./model-out")), results)
         log(f"wrote {path}")
     return results

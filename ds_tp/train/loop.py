@@ -163,7 +163,7 @@ class Trainer:
         main = self.mesh.is_main
         state = LoopState(
             metrics=MetricsLog(self.output_dir / "metrics.jsonl", start_step) if main else None,
-            trackers=Trackers(plan.config, self.output_dir, start_step > 0) if main else None,
+            trackers=Trackers(plan.config, self.output_dir, start_step) if main else None,
             progress=console() if main else None,
             guard=StepGuard(self.engine, self.mesh.rank, int(plan.config.get("max_nonfinite_steps", 10)),
                             self.layout.tp),

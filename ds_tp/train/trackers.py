@@ -52,12 +52,13 @@ def scalars(row: dict) -> dict[str, float]:
 
 
 class Trackers:
-    def __init__(self, cfg: dict, output_dir: Path, resumed: bool):
+    def __init__(self, cfg: dict, output_dir: Path, start_step: int = 0):
         self.tb = self.run = None
         want = wanted(cfg)
         if want["tensorboard"]:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(log_dir=str(Path(output_dir) / "runs"))
+            # resumed: TensorBoard hides the interrupted attempt's points after the checkpoint's step
+            self.tb = SummaryWriter(log_dir=str(Path(output_dir) / "runs"), purge_step=start_step + 1 if start_step else None)
         if want["wandb"]:
             import wandb
             run_id = cfg.get("wandb_run_id")

@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     call_hook(plugins, "pre_model_load", cfg)
     apply_liger(cfg, device["accelerator"], log)
     attn = attention_for(cfg, device["accelerator"], log, run.attention)
-    if layout.cp > 1 and attn == "sdpa":
-        from ds_tp.train.attention import register_packed_sdpa
-        attn = register_packed_sdpa()
+    if attn == "sdpa":  # packed documents without a T x T mask, and kept apart under Ulysses
+        from ds_tp.train.attention import register_document_sdpa
+        attn = register_document_sdpa()
     per_row = 2 if run.preference else 1  # preference rows are two sequences (chosen and rejected) in one forward
     attach_sequence_parallel(mesh, plan, run, attn, plan.ds_config["train_micro_batch_size_per_gpu"] * per_row,
                              int(cfg["sequence_len"]))
@@ -192,6 +192,12 @@ def report_compiled(graphs_before: int | None, log) -> None:
 LOG_DIR_ENV, VERBOSE_ENV = "DS_TP_LOG_DIR", "DS_TP_VERBOSE"  # set by `ds-tp train`
 
 
+def _deaf() -> None:
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def to_log_file(rank: int) -> None:
     """Under `ds-tp train`: this rank's stdout and stderr (DeepSpeed's, torch's and transformers' lines, and
     any traceback) appended to output_dir/ds_tp/logs/rank-N.log; with --verbose, also on the console."""
@@ -208,8 +214,10 @@ def to_log_file(rank: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     if os.environ.get(VERBOSE_ENV):  # tee: the file and the console (the launcher's stdout) both get it
+        # its own session, deaf to SIGINT/SIGTERM: a Ctrl-C or a preemption stops the rank at a step boundary,
+        # and the rank's last lines (its checkpoint, its stop) must still have somewhere to go; tee ends at EOF
         tee = subprocess.Popen(["tee", "-a", path], stdin=subprocess.PIPE, stdout=sys.stdout.fileno(),
-                               start_new_session=False)
+                               start_new_session=True, preexec_fn=_deaf)
         target = tee.stdin.fileno()
     else:
         target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

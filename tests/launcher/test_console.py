@@ -81,4 +81,6 @@ def test_evaluate_gives_the_eval_loss_training_logged(tmp_path):
         assert float(table["perplexity"]["validation"]) == pytest.approx(2.718281828 ** logged, rel=1e-5)
         assert float(table["loss"]["training"]) > 0
         assert "eval: loss" in log and not [c for c in CHATTER if c in log], log
-    assert (out / "ds_tp" / "run.json").is_file() and (out / "ds_tp" / "evaluate" / "run.json").is_file()
+    # evaluate keeps to its own root: the training run's files are untouched
+    assert (out / "ds_tp" / "run.json").is_file() and (out / "ds_tp_evaluate" / "ds_tp" / "run.json").is_file()
+    assert "==== rank 0" in (out / "ds_tp_evaluate" / "ds_tp" / "logs" / "rank-0.log").read_text()

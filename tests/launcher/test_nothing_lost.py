@@ -61,7 +61,7 @@ def test_launch_flags_are_checked_before_the_data_is_prepared(tmp_path):
 def test_overwrite_puts_the_old_run_back_when_the_new_one_never_starts(tmp_path):
     """fault: --overwrite, and the new run dies before its first step (its model weights are unreadable)
     does: the old run waits in replaced-run-<time>/ during the launch; the launch fails, the new run's files are removed and the old ones renamed back
-    lost: nothing: every file of the old run is byte-identical and no replaced-run folder is left"""
+    lost: nothing: every file of the old run is byte-identical, no replaced-run folder is left, and the failed attempt's logs are kept in ds_tp/logs/failed-<time>/"""
     model = tmp_path / "model"
     shutil.copytree(resolve_builtin_model("builtin:tiny-llama"), model)
     (model / "model.safetensors").write_bytes(b"not safetensors")  # prepare reads config + tokenizer only
@@ -72,5 +72,10 @@ def test_overwrite_puts_the_old_run_back_when_the_new_one_never_starts(tmp_path)
                       "--overwrite")
     assert code != 0, log[-3000:]
     assert "the previous run is in" in log and "is back in place" in log, log[-3000:]
-    assert snapshot(out) == before
+    after = snapshot(out)  # the old run byte-identical; the failed attempt's logs kept beside its own
+    failed = {k for k in after if k.startswith("ds_tp/logs/failed-")}
+    assert {k: v for k, v in after.items() if k not in failed} == before
+    assert any(k.endswith("/rank-0.log") for k in failed), sorted(after)
+    assert "every rank's output is in" in log and "ds_tp/logs/failed-" in log, log[-3000:]
+    assert "safetensors" in log.split("the end of", 1)[1], log[-3000:]  # the failed rank's own error, shown
     assert not list(out.glob("replaced-run-*"))

@@ -71,15 +71,19 @@ def test_pdsh_ssh_launch_matches_one_machine(sshd, tmp_path, monkeypatch):
     code, log = ds_tp("train", config, *args, "--hostfile", hostfile, "--output-dir", out,
                       "--dataset-prepared-path", tmp_path / "prepared", "--plugin-module", probe)
     assert code == 0, log[-4000:]
-    assert "pdsh -S -f 1024 -w localhost,127.0.0.1" in log
-    assert "--master_addr" in log and "--master_addr 127.0.0.1" not in log  # the host's own address
+    launcher = (out / "ds_tp" / "logs" / "launcher.log").read_text()  # the launcher's lines: there, not on the console
+    assert "pdsh -S -f 1024 -w localhost,127.0.0.1" in launcher and "pdsh -S" not in log
+    assert "--master_addr" in launcher and "--master_addr 127.0.0.1" not in launcher  # the host's own address
+    # the ranks started over ssh found ds-tp's variables: rank 0's events reached this console, each rank its log
+    assert "step 3/3 | loss" in log
+    assert all("==== rank" in (out / "ds_tp" / "logs" / f"rank-{r}.log").read_text() for r in (0, 1))
     two = losses(read_metrics(out))
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4 and len(two) == 3
     for rank in (0, 1):
         rows = [json.loads(x) for x in (out / f"plugin-rank{rank}.jsonl").read_text().splitlines()]
         assert rows and all(r["env"] == carried for r in rows), rows
     written = [p for p in out.rglob("*") if p.is_file() and not p.name.startswith("plugin-rank")  # the probe's
-               and p.stat().st_size < 1 << 20 and p.suffix in ("", ".json", ".jsonl", ".txt")]
+               and p.stat().st_size < 1 << 20 and p.suffix in ("", ".json", ".jsonl", ".txt", ".log")]
     assert written and not any("hf_secret_for_the_test" in p.read_text(errors="replace") for p in written)
     assert set(glob.glob(f"{tempfile.gettempdir()}/ds-tp-env-*")) == env_files  # removed after the launch
 
