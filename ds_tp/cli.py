@@ -160,25 +160,27 @@ def translate(ctx, config, world_size, num_processes, num_machines, hostfile, ou
 @click.option("--print-command", is_flag=True, help="Print the launcher command instead of running it.")
 @click.option("--verbose", "-v", is_flag=True, help="Show the launcher's and the ranks' own output (DeepSpeed, torch) "
               "on the console too; it always goes to output_dir/ds_tp/logs/.")
+@click.option("--allow-batch-change", is_flag=True, help="Resume even when the global batch differs from the "
+              "checkpoint's (by default gradient_accumulation_steps is changed to keep it, or the resume is refused).")
 @target_device_option
 @plugin_module_option
 @click.pass_context
 @user_errors
 def train(ctx, config, num_processes, launcher, num_machines, machine_rank, main_process_ip, main_process_port,
-          hostfile, multinode_runner, use_profiler, overwrite, dry_run, print_command, verbose, target_device,
-          plugin_modules):
+          hostfile, multinode_runner, use_profiler, overwrite, dry_run, print_command, verbose, allow_batch_change,
+          target_device, plugin_modules):
     """Train CONFIG: prepare data here, then launch ranks with the deepspeed launcher (or torchrun).
 
     Cheap checks (flags, layout, hostfile, ports) come before data preparation; --dry-run and
     --print-command remove nothing; --overwrite moves the old run aside until the new one has started."""
     _launch_job(ctx, config, num_processes, launcher, num_machines, machine_rank, main_process_ip, main_process_port,
                 hostfile, multinode_runner, use_profiler, overwrite, dry_run, print_command, verbose, target_device,
-                plugin_modules, "train")
+                plugin_modules, "train", allow_batch_change)
 
 
 def _launch_job(ctx, config, num_processes, launcher, num_machines, machine_rank, main_process_ip, main_process_port,
                 hostfile, multinode_runner, use_profiler, overwrite, dry_run, print_command, verbose, target_device,
-                plugin_modules, mode: str):
+                plugin_modules, mode: str, allow_batch_change: bool = False):
     import os
 
     from ds_tp.launch.command import LaunchSpec, free_port
@@ -218,7 +220,7 @@ def _launch_job(ctx, config, num_processes, launcher, num_machines, machine_rank
     cfg, prepared, world, device = plan_training(
         config, ctx.args, num_processes, use_profiler=use_profiler, overwrite=overwrite, notify=with_world,
         machine_rank=machine_rank or 0, hostfile=hostfile, hosts=hosts, plugin_modules=plugin_modules,
-        device=device, mode=mode)
+        device=device, mode=mode, allow_batch_change=allow_batch_change)
     if mode == "evaluate":
         from ds_tp.cli_after_training import say_what_is_evaluated
         say_what_is_evaluated(cfg, prepared)

@@ -30,6 +30,7 @@ def decision_lines(run: ResolvedRun) -> list[str]:
     lines.append(f"trainable: {run.trainable}; LM head rank-local: {run.head_is_rank_local}; weights loaded "
                  f"{'partitioned' if run.loads_partitioned else 'whole'}; sequence padded to a multiple of "
                  f"{run.sequence_divisor}")
+    lines.append(f"memory: {run.long_context.describe()}")
     device = run.device
     lines.append(f"device facts ({device.get('source')}): {device.get('name')}, bf16={device.get('bf16')}, "
                  f"tf32={device.get('tf32')}; 'auto' values were resolved against them, as train would")

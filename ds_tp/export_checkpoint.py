@@ -83,11 +83,14 @@ def export_checkpoint(checkpoint: Path, out: Path) -> None:
     load_tokenizer(state["model_path"], cfg).save_pretrained(str(out))
 
 
-def tp_rank_weights(checkpoint: Path, tp_rank: int) -> dict[str, tuple[list, tuple]]:
+def tp_rank_weights(checkpoint: Path, tp_rank: int, key: str | None = None,
+                    state: dict | None = None) -> dict[str, tuple[list, tuple]]:
     """One TP rank's full (un-ZeRO-partitioned) weights as name -> (views, shape), copied by materialise():
     the views are slices of mmapped tensors whose concatenation starts with the weight's elements.
     fp32 master copies where the ZeRO optimizer holds them (zero_to_fp32's reconstruction, DeepSpeed
-    0.19.8), else the module's own tensors (ZeRO stage 0; frozen weights under ZeRO-1/2)."""
+    0.19.8), else the module's own tensors (ZeRO stage 0; frozen weights under ZeRO-1/2).
+    key (exp_avg, exp_avg_sq): that optimizer moment instead, for the trainable weights, laid out as the
+    weights are (stage 0: the torch optimizer's state, named by ds-tp's state["optimizer_params"])."""
     import torch
 
     def dp_rank(path: Path) -> int:
@@ -102,7 +105,9 @@ def tp_rank_weights(checkpoint: Path, tp_rank: int) -> dict[str, tuple[list, tup
              for f in sorted(checkpoint.glob(f"*zero_pp_rank_*_{tag}optim_states.pt"), key=dp_rank)]
     first = models[0]
     if not optim or "zero_stage" not in optim[0]:  # stage 0 (or DeepSpeed's BF16_Optimizer)
-        return {k: ([v], tuple(v.shape)) for k, v in first["module"].items()}
+        if key is None:
+            return {k: ([v], tuple(v.shape)) for k, v in first["module"].items()}
+        return _stage0_moments(checkpoint, first, key, state or {})
     stage, world = int(optim[0]["zero_stage"]), optim[0]["partition_count"]
     world = max(world) if isinstance(world, list) else world
     if world != len(optim):
@@ -110,7 +115,9 @@ def tp_rank_weights(checkpoint: Path, tp_rank: int) -> dict[str, tuple[list, tup
     weights: dict[str, tuple[list, tuple]] = {k: ([first["module"][k]], tuple(first["module"][k].shape))
                                               for k in first["buffer_names"]}
     if stage == 3:
-        flats = [o["fp32_flat_groups"] for o in optim]
+        flats = [o["fp32_flat_groups"] if key is None else
+                 [o["optimizer_state_dict"]["state"][g][key] for g in range(len(o["fp32_flat_groups"]))]
+                 for o in optim]
         offset = 0
         for name, shape in ((k, s) for group in first["param_shapes"] for k, s in group.items()):
             part = -(-shape.numel() // world)  # each rank's share, padded
@@ -123,16 +130,33 @@ def tp_rank_weights(checkpoint: Path, tp_rank: int) -> dict[str, tuple[list, tup
     else:
         paddings = optim[0].get("param_alignment_paddings")
         for g, shapes in enumerate(first["param_shapes"]):
-            parts, offset = [o["single_partition_of_fp32_groups"][g] for o in optim], 0
+            parts = [o["single_partition_of_fp32_groups"][g] if key is None else o["base_optimizer_state"][g][key]
+                     for o in optim]
+            offset = 0
             for i, (name, shape) in enumerate(shapes.items()):
                 weights[name] = (span(parts, offset, shape.numel()), tuple(shape))
                 offset += shape.numel() + (paddings[g][i] if paddings else 0)
-        for name, value in first["module"].items():  # frozen weights: whole in the module under ZeRO-1/2
-            weights.setdefault(name, ([value], tuple(value.shape)))
+        if key is None:
+            for name, value in first["module"].items():  # frozen weights: whole in the module under ZeRO-1/2
+                weights.setdefault(name, ([value], tuple(value.shape)))
     for alias, source in (first.get("shared_params") or {}).items():
         if source in weights:
             weights[alias] = weights[source]
     return weights
+
+
+def _stage0_moments(checkpoint: Path, first: dict, key: str, state: dict) -> dict[str, tuple[list, tuple]]:
+    """Stage 0: the torch optimizer's per-parameter state, in its parameter order (ds-tp's state names it)."""
+    groups, saved = state.get("optimizer_params"), first.get("optimizer") or {}
+    if not groups or "param_groups" not in saved:
+        raise UserError(f"{checkpoint}: no optimizer state by parameter name (saved before ds-tp recorded "
+                        "optimizer_params, or by DeepSpeed's BF16 optimizer): it resumes on its own layout only")
+    out = {}
+    for names, group in zip(groups, saved["param_groups"]):
+        for name, index in zip(names, group["params"]):
+            value = saved["state"][index][key]
+            out[name] = ([value], tuple(value.shape))
+    return out
 
 
 def span(parts: list, start: int, count: int) -> list:

@@ -133,6 +133,7 @@ class PreparedRun:
     eval_steps: int | None
     schedule: dict = field(default_factory=dict)  # translators.schedule.Schedule, its step counts filled in
     resume_from: str | None = None
+    resume_other_layout: bool = False  # resume_from was saved on another layout: train/reshard.py loads it
     use_profiler: bool = False
     notes: list[str] = field(default_factory=list)
     plugin_modules: list[str] = field(default_factory=list)

@@ -1,17 +1,24 @@
 #!/usr/bin/env python
-"""Long-context memory of ds-tp's attention path: peak memory of one forward + backward against sequence
-length T, packed (8 documents per row) and unpacked, ds-tp's per-document sdpa (train/attention.py) against
-transformers' masked sdpa (a block-diagonal T x T mask for packed rows), on the builtin-family Llama shape.
+"""Long-context memory of ds-tp against sequence length T.
 
-    python scripts/bench_long.py                    # T = 2K..32K on CPU (masked sdpa up to 8K: beyond, the
-                                                    # T x T weights exceed this machine's memory); ~3 min
-    python scripts/bench_long.py --lengths 1024 2048 --quick
+    python scripts/bench_long.py                     # whole runs: cp 1 and cp 2, packed and unpacked,
+                                                     # plain and long (the memory features), 4K..32K; ~25 min
+    python scripts/bench_long.py --lengths 2048 4096 --cp 2 --packing packed
+    python scripts/bench_long.py --scenario3         # the card's scenario 3: dp_shard 2 x tp 2 x cp 2 on 8
+                                                     # CPU ranks, 16K packed tokens per row
+    python scripts/bench_long.py --attention         # the attention path alone, one process: ds-tp's
+                                                     # per-document sdpa against masked sdpa (2K..32K)
 
-Each measurement runs in its own subprocess (so the peak is its own): peak resident set (CPU) or
-torch.cuda.max_memory_allocated (GPU) after one forward and backward, minus the same process's memory
-before the forward (model and inputs loaded), and tokens/s of that step. The fitted exponent is the slope
-of log(memory) against log(T) over the lengths from 4K up. This measures the attention path alone on one
-process; the whole run under context parallelism (cp 2, the card's scenario 3) is issue 18's next part.
+Whole runs are `ds-tp train` through the deepspeed launcher on CPU ranks (gloo), 3 steps of one row of T tokens
+(packed: documents of T/8 tokens; unpacked: one document per row) with the builtin-family model; "plain" is
+today's defaults, "long" adds gradient_checkpointing, tiled_mlp and chunked_cross_entropy. Figures: rank 0's
+peak resident set (every CP rank holds the same T/cp tokens), the part of it above the same run at T=256
+(what grows with T), tokens/s of the last step, and the step losses. The fitted exponent is the slope of
+log(memory above T=256) against log(T) from 4K up.
+
+Attention mode: each measurement runs in its own subprocess: peak resident set (CPU) or
+torch.cuda.max_memory_allocated (GPU) after one forward and backward, minus the process's memory before the
+forward, and tokens/s of that step.
 Prints a table and one JSON line.
 """
 from __future__ import annotations
@@ -23,6 +30,8 @@ import resource
 import subprocess
 import sys
 import time
+
+from bench_long_runs import VARIANTS  # scripts/ is on sys.path when run as a script
 
 SHAPE = dict(vocab_size=112, hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=65536)
@@ -71,18 +80,11 @@ def exponent(rows: list[dict]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192, 16384, 32768])
-    parser.add_argument("--child", nargs=3, metavar=("T", "PACKED", "PATH"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        print(json.dumps(child(int(args.child[0]), args.child[1] == "1", args.child[2])))
-        return 0
+def attention_table(lengths: list[int]) -> dict:
     rows = []
     for packed in (True, False):
         for path in ("document", "masked"):
-            for length in args.lengths:
+            for length in lengths:
                 if path == "masked" and length > MASKED_LIMIT:
                     continue
                 out = subprocess.run([sys.executable, __file__, "--child", str(length), str(int(packed)), path],
@@ -98,7 +100,29 @@ def main(argv: list[str] | None = None) -> int:
             for p in (True, False) for path in ("document", "masked")}
     for name, slope in fits.items():
         print(f"memory ~ T^{slope:.2f}  ({name}, T >= 4K)" if slope is not None else f"{name}: too few points")
-    print(json.dumps({"rows": rows, "exponents": fits}))
+    return {"rows": rows, "exponents": fits}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
+    parser.add_argument("--cp", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--packing", nargs="+", default=["packed", "unpacked"], choices=["packed", "unpacked"])
+    parser.add_argument("--variants", nargs="+", default=["plain", "long"], choices=list(VARIANTS))
+    parser.add_argument("--attention", action="store_true", help="the one-process attention-path table")
+    parser.add_argument("--scenario3", action="store_true", help="dp_shard 2 x tp 2 x cp 2, 8 ranks, 16K packed")
+    parser.add_argument("--child", nargs=3, metavar=("T", "PACKED", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(int(args.child[0]), args.child[1] == "1", args.child[2])))
+        return 0
+    if args.attention:
+        print(json.dumps(attention_table(args.lengths if argv and "--lengths" in argv else
+                                         [2048, 4096, 8192, 16384, 32768])))
+        return 0
+    from bench_long_runs import scenario3, whole_runs
+    print(json.dumps(scenario3() if args.scenario3 else whole_runs(args.lengths, args.cp, args.packing,
+                                                                    args.variants)))
     return 0
 
 

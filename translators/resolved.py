@@ -15,6 +15,7 @@ Where each decision lives:
 - trainable set .......... ResolvedRun.trainable ("full", unfrozen_parameters, or the adapter's line)
 - adapter ................ adapter.resolve_adapter (LoRA / QLoRA: peft's config and the base's quantization)
 - preference tuning ...... preference.resolve_preference (rl:: the loss, its hyperparameters, the reference)
+- long-context memory .... long_context.resolve_long_context (chunked/tiled loss, tiled MLP, activation offload)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass, replace
 
 from .adapter import Adapter, resolve_adapter
 from .layout import Layout
+from .long_context import LongContext, resolve_long_context
 from .model_shape import ModelShape
 from .preference import Preference, resolve_preference
 from .trainable import trainable_summary
@@ -106,6 +108,7 @@ class ResolvedRun:
     reduce_scatter: bool = True  # zero_optimization.reduce_scatter (DeepSpeed's default; a user's JSON may turn it off)
     attention: str | None = None  # the attention implementation the ranks load (decided before launch)
     preference: Preference | None = None  # rl: dpo/ipo/orpo/simpo/kto; None: the supervised loss
+    long_context: LongContext = LongContext()  # how the loss, MLP and activations are held (memory only)
 
     @property
     def world(self) -> int:
@@ -197,6 +200,7 @@ class ResolvedRun:
             reduce_scatter=data.get("reduce_scatter", True),
             attention=data.get("attention"),
             preference=Preference.from_dict(data.get("preference")),
+            long_context=LongContext.from_dict(data.get("long_context")),
         )
 
 
@@ -205,6 +209,7 @@ def resolve_run(
 ) -> ResolvedRun:
     stage, why = zero_stage(layout, user_deepspeed)
     adapter, _ = resolve_adapter(cfg)  # its findings were reported by validation
+    long_context = resolve_long_context(cfg, stage == 3, layout.tp, layout.cp, model.hidden if model else None)[0]
     fused = cfg.get("optimizer", "adamw_torch_fused") == "adamw_torch_fused" and device.get("accelerator") == "cuda"
     return ResolvedRun(
         layout=layout,
@@ -217,5 +222,6 @@ def resolve_run(
         model=model,
         adapter=adapter,
         preference=resolve_preference(cfg)[0],
+        long_context=long_context,
         reduce_scatter=((user_deepspeed or {}).get("zero_optimization") or {}).get("reduce_scatter", True) is not False,
     )

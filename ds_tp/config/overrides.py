@@ -42,6 +42,11 @@ def _coerce(raw: str, node: dict):
     return value
 
 
+def _named_values(node: dict) -> list[str]:
+    """The string values a key also takes besides true/false (gradient_checkpointing: offload)."""
+    return [str(v) for option in [node, *node.get("anyOf", [])] for v in option.get("enum", [])]
+
+
 def parse_overrides(args: list[str]) -> list[tuple[tuple, object, str]]:
     """[(key_path, value, flag)] from leftover CLI args; unknown flags are one error each."""
     paths = {flag_for(p): p for p in known_paths()}
@@ -85,7 +90,7 @@ def parse_overrides(args: list[str]) -> list[tuple[tuple, object, str]]:
             if boolean and (
                 nxt is None
                 or nxt.startswith("--")
-                or nxt.lower() not in ("true", "false", "auto", "1", "0", "yes", "no")
+                or nxt.lower() not in ("true", "false", "auto", "1", "0", "yes", "no", *_named_values(node))
             ):
                 out.append((path, True, flag))
                 continue

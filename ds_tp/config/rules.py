@@ -10,6 +10,7 @@ from ds_tp.errors import Finding, UserError
 from ds_tp.translators.adapter import ADAPTER_KEYS, resolve_adapter
 from ds_tp.translators.adapter import layout_findings as adapter_layout_findings
 from ds_tp.translators.dataset_types import preference_group, resolve_dataset_type, resolve_preference_type
+from ds_tp.translators.long_context import resolve_long_context
 from ds_tp.translators.model_shape import ModelShape
 from ds_tp.translators.preference import RL_KEYS, resolve_preference
 from ds_tp.translators.resolved import zero_stage
@@ -333,18 +334,7 @@ def cross_field(data: dict, bad: set[str], defaulted: set[str] | frozenset = fro
 def layout_findings(data: dict, layout) -> list[Finding]:
     """Rules that need the resolved layout (dp_shard may be inferred from the world size)."""
     found = adapter_layout_findings(resolve_adapter(data)[0], layout.tp)
-    sharded = [f"{name} {n}" for name, n in (("dp_shard", layout.dp_shard), ("tp", layout.tp)) if n > 1]
-    if data.get("chunked_cross_entropy") and (zero_stage(layout)[0] == 3 or layout.tp > 1):
-        return found + [
-            Finding(
-                ("chunked_cross_entropy",),
-                f"has no effect with {' and '.join(sharded)}: the LM head is "
-                "ZeRO-3-partitioned or TP-split there, and ds-tp keeps the standard loss",
-                "it applies at dp_shard_size 1 without tensor parallelism",
-                level="warning",
-            )
-        ]
-    return found
+    return found + resolve_long_context(data, zero_stage(layout)[0] == 3, layout.tp, layout.cp, None)[1]
 
 
 def model_shape_checks(data: dict, layout, config_dir: Path) -> list[Finding]:

@@ -50,7 +50,8 @@ def target_device(flag: str | None, hosts=None, hostfile: Path | None = None, ru
 
 def plan_training(config: Path, overrides, num_processes: int | None, *, use_profiler: bool = False,
                   overwrite: bool = False, notify=None, machine_rank: int = 0, hostfile: Path | None = None,
-                  hosts=None, plugin_modules: tuple = (), device: dict | None = None, mode: str = "train"):
+                  hosts=None, plugin_modules: tuple = (), device: dict | None = None, mode: str = "train",
+                  allow_batch_change: bool = False):
     """Everything before the launcher, writing nothing in output_dir: (cfg, prepared run, world, device).
 
     The config is loaded once, for the world resolve_world gives (--num-processes, the hostfile's
@@ -77,10 +78,12 @@ def plan_training(config: Path, overrides, num_processes: int | None, *, use_pro
     if hosts:
         from ds_tp.launch.hostfile import check_hosts_fit_layout
         check_hosts_fit_layout(hostfile, hosts, cfg.layout.tp, cfg.layout.cp)
-    resume = resolve_resume(cfg) if mode == "train" else None
+    resume, other_layout, resume_notes = resolve_resume(cfg, allow_batch_change) if mode == "train" else (None, False, [])
     prepared = prepare_run(cfg, device=device, resume_from=resume, use_profiler=use_profiler, overwrite=overwrite,
                            check_output=machine_rank == 0 and mode == "train")
     prepared.mode = mode
+    prepared.resume_other_layout = other_layout
+    prepared.notes = resume_notes + prepared.notes
     if mode == "evaluate":  # its own root: a training run in output_dir (even a live one) is not touched
         prepared.output_dir = str(Path(prepared.output_dir) / EVALUATE_DIR)
     return cfg, prepared, cfg.layout.world, device
@@ -111,7 +114,9 @@ def carry_environment(env: dict, folder: Path) -> Path:
     return path.resolve()
 
 
-def resolve_resume(cfg: Config) -> str | None:
+def resolve_resume(cfg: Config, allow_batch_change: bool = False) -> tuple[str | None, bool, list[str]]:
+    """(checkpoint to resume from or None, saved on another layout?, notices); launch/resume.py decides the rest."""
+    from ds_tp.launch.resume import plan_resume
     values = cfg.values
     out = Path(values.get("output_dir", "./model-out"))
     explicit = values.get("resume_from_checkpoint")
@@ -122,8 +127,7 @@ def resolve_resume(cfg: Config) -> str | None:
         except UserError as exc:
             raise UserError(Problem(f"{exc.problems[0].message}", where=cfg.where(("resume_from_checkpoint",)),
                                     key="resume_from_checkpoint")) from None
-        _check_same_layout(cfg, path, state)
-        return str(path.resolve())
+        return (str(path.resolve()), *plan_resume(cfg, path, state, allow_batch_change))
     if values.get("auto_resume_from_checkpoints"):
         for path in reversed(existing_checkpoints(out)):  # newest complete one whose state reads
             try:
@@ -131,19 +135,8 @@ def resolve_resume(cfg: Config) -> str | None:
             except UserError as exc:  # cut short on a filesystem without atomic rename, or a full disk
                 _say(f"warning: {exc.problems[0]}; resuming from the checkpoint before it")
                 continue
-            _check_same_layout(cfg, path, state)
-            return str(path.resolve())
-    return None
-
-
-def _check_same_layout(cfg: Config, checkpoint: Path, state: dict) -> None:
-    saved = state.get("layout", {})
-    now = {k: getattr(cfg.layout, k) for k in ("dp_replicate", "dp_shard", "tp", "cp")}
-    if {k: saved.get(k) for k in now} != now:
-        raise UserError(Problem(f"{checkpoint} was saved with layout {saved}, this run is {now}: DeepSpeed "
-                                "checkpoints resume on the same layout", key="resume_from_checkpoint",
-                                hint=f"run with the saved layout, or `ds-tp export {checkpoint} OUT` and start "
-                                "from the exported model"))
+            return (str(path.resolve()), *plan_resume(cfg, path, state, allow_batch_change))
+    return None, False, []
 
 
 def write_run_files(prepared: PreparedRun, cfg: Config, machine_rank: int = 0, folder: Path | None = None) -> Path:

@@ -27,6 +27,21 @@ def _fsync_tree(path: Path) -> None:
                 os.fsync(f.fileno())
 
 
+def optimizer_param_names(engine) -> list[list[str]] | None:
+    """The optimizer's parameters by name, group by group, where it steps the model's own tensors (stage 0):
+    what a resume on another layout needs to read its state. None under ZeRO (DeepSpeed records param_shapes)."""
+    names = {id(p): n for n, p in engine.module.named_parameters()}
+    groups = [[names.get(id(p)) for p in g["params"]] for g in getattr(engine.optimizer, "param_groups", [])]
+    return groups if groups and all(None not in g for g in groups) else None
+
+
+def versions() -> dict:
+    import deepspeed
+
+    import ds_tp
+    return {"ds_tp": getattr(ds_tp, "__version__", "?"), "deepspeed": deepspeed.__version__, "torch": torch.__version__}
+
+
 def save_checkpoint(engine, mesh, output_dir: Path, step: int, state: dict, keep_last: int | None,
                     trainable_only: bool = False, extra=None) -> Path:
     """trainable_only (adapters): DeepSpeed leaves the frozen base out, it is reloaded from base_model.
@@ -116,7 +131,15 @@ def load_checkpoint(engine, mesh, checkpoint: Path, trainable_only: bool = False
                                      load_module_strict=not trainable_only)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load {checkpoint}")
-    rng_file = checkpoint / f"rng_state_{mesh.rank}.pt"
+    restore_rng(checkpoint, mesh.rank)
+    return read_state(checkpoint)
+
+
+def restore_rng(checkpoint: Path, rank: int) -> None:
+    """This rank's saved RNG states (dropout); on another layout a rank without a file of its own takes rank 0's."""
+    rng_file = checkpoint / f"rng_state_{rank}.pt"
+    if not rng_file.exists():
+        rng_file = checkpoint / "rng_state_0.pt"
     if rng_file.exists():
         rng = torch.load(rng_file, weights_only=False)
         random.setstate(rng["python"])
@@ -124,4 +147,3 @@ def load_checkpoint(engine, mesh, checkpoint: Path, trainable_only: bool = False
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-    return read_state(checkpoint)

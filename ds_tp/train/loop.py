@@ -21,13 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from ds_tp.train.batches import BatchOrder, collate, shard_sequence, trainable_tokens
-from ds_tp.train.checkpoint import save_checkpoint
+from ds_tp.train.checkpoint import optimizer_param_names, save_checkpoint, versions
 from ds_tp.train.flops import mfu
 from ds_tp.train.internals import disable_backward_allreduce
 from ds_tp.train.loss import linear_cross_entropy_sum
 from ds_tp.train.metrics import ConsoleEvents, MetricsLog, console
 from ds_tp.train.nonfinite import StepGuard
 from ds_tp.train.schedule import EvalStepped
+from ds_tp.train.tiled import activation_offload, tiled_loss_sum
 from ds_tp.train.trackers import Trackers
 from ds_tp.train.watchdog import EarlyStopping, LossWatchdog
 
@@ -97,7 +98,7 @@ class Trainer:
             # One replica: nothing to average, but DeepSpeed would still flatten every gradient into
             # buckets and all-reduce them over a group of one (10 ms a step on the CPU benchmark).
             disable_backward_allreduce(engine)
-        self.head_weight = self._chunked_head(cfg)
+        self.loss_head = self._chunked_head(cfg)
         self.no_positions = torch.zeros(0, dtype=torch.long, device=self.device)
         autocast = run.precision.autocast_dtype  # the chunked loss runs outside engine.forward
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=getattr(torch, autocast))) if autocast \
@@ -111,20 +112,26 @@ class Trainer:
         """Called before a step's first micro-batch with the rows of the whole global batch."""
 
     def _chunked_head(self, cfg):
-        """The LM head's weight when the chunked cross-entropy applies, else None (with the reason logged)."""
-        if not cfg.get("chunked_cross_entropy"):
-            return None
-        if not self.resolved.head_is_rank_local:
-            self.log("chunked_cross_entropy: the LM head is ZeRO-3-partitioned or TP-split on this layout; "
-                     "using the standard cross-entropy")
+        """("fused", head weight) or ("tiled", head module) as ResolvedRun.long_context decided, else None."""
+        memory = self.resolved.long_context
+        if memory.loss == "standard":
             return None
         head = self.engine.module.get_output_embeddings()
-        self.log(f"chunked_cross_entropy: LM head and loss fused in {cfg.get('chunked_cross_entropy_num_chunks', 8)} "
-                 "chunks (no full logits)")
-        return head.weight
+        if memory.loss == "fused":
+            self.log(f"chunked_cross_entropy: LM head and loss fused in {memory.loss_chunks} chunks (no full logits)")
+            return "fused", head.weight
+        self.log(f"chunked_cross_entropy: the LM head ({'ZeRO-3-partitioned' if self.resolved.zero3 else 'TP-split'}) "
+                 f"and loss over {memory.loss_chunks} sequence tiles, each recomputed in backward (no full logits)")
+        return "tiled", head
 
     def _chunk_rows(self, rows: int) -> int:
-        return max(1, math.ceil(rows / int(self.plan.config.get("chunked_cross_entropy_num_chunks", 8))))
+        return max(1, math.ceil(rows / self.resolved.long_context.loss_chunks))
+
+    def forward_memory(self):
+        """Around the model's forward: activation offload when decided (train/tiled.py)."""
+        if self.resolved.long_context.checkpointing != "offload" or not torch.is_grad_enabled():
+            return nullcontext()
+        return activation_offload(self.device)
 
     # --- one forward ------------------------------------------------------------------------
     def _loss_sum(self, rows: list[dict]) -> torch.Tensor:
@@ -133,17 +140,19 @@ class Trainer:
         batch = shard_sequence(batch, self.mesh.coords["cp"], self.layout.cp)
         batch = self._to_device(batch)
         shift = batch.pop("shift_labels")
-        if self.head_weight is not None:  # chunked: the model stops at the hidden states
-            out = self.engine(**batch, use_cache=False, output_hidden_states=True,
-                              logits_to_keep=self.no_positions)
-            hidden = out.hidden_states[-1]
-            with self.autocast():
-                local = linear_cross_entropy_sum(hidden.reshape(-1, hidden.shape[-1]), self.head_weight,
-                                                 shift.reshape(-1), self._chunk_rows(shift.numel()))
-        else:
-            logits = self.engine(**batch, use_cache=False).logits
-            local = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift.reshape(-1),
-                                    ignore_index=-100, reduction="sum")
+        if self.loss_head is None:
+            with self.forward_memory():
+                logits = self.engine(**batch, use_cache=False).logits
+            return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift.reshape(-1),
+                                   ignore_index=-100, reduction="sum")
+        with self.forward_memory():  # chunked: the model stops at the hidden states
+            out = self.engine(**batch, use_cache=False, output_hidden_states=True, logits_to_keep=self.no_positions)
+        hidden, (how, head) = out.hidden_states[-1], self.loss_head
+        if how == "tiled":
+            return tiled_loss_sum(head, hidden, shift, self.resolved.long_context.loss_chunks, self.autocast)
+        with self.autocast():
+            local = linear_cross_entropy_sum(hidden.reshape(-1, hidden.shape[-1]), head, shift.reshape(-1),
+                                             self._chunk_rows(shift.numel()))
         return local
 
     def _to_device(self, batch: dict) -> dict:
@@ -296,7 +305,8 @@ class Trainer:
         plan = self.plan
         state = {"early_stopping": loop.early.state(), "total_steps": plan.total_steps, "global_batch": plan.global_batch, "layout": plan.run["layout"],
                  "run": plan.run,
-                 "world": self.mesh.world, "model_path": plan.model_path, "config": plan.config}
+                 "world": self.mesh.world, "model_path": plan.model_path, "config": plan.config,
+                 "versions": versions(), "optimizer_params": optimizer_param_names(self.engine)}
         adapter = self.resolved.adapter
         extra = None
         if adapter is not None:  # the adapter folder too: PeftModel.from_pretrained(base, checkpoint) loads it

@@ -22,7 +22,7 @@ def attention_for(cfg: dict, accelerator: str, log, decided: str | None = None) 
     return attn
 
 
-def load_model(plan, run, attn: str):
+def load_model(plan, run, attn: str, log=None):
     """(model, keep_alive). keep_alive must outlive the model build: HF reads the ZeRO-3 config from it."""
     import transformers.models.llama.modeling_llama  # noqa: F401  (import before zero.Init patches tensors)
     from transformers import AutoModelForCausalLM
@@ -43,10 +43,15 @@ def load_model(plan, run, attn: str):
     trains = trainable_matcher(plan.config.get("unfrozen_parameters"))
     for name, param in model.named_parameters():  # before deepspeed.initialize: frozen ones get no state
         param.requires_grad_(trains(name))
-    gc = plan.config.get("gradient_checkpointing")
-    if gc:
-        kwargs = plan.config.get("gradient_checkpointing_kwargs") or {"use_reentrant": False}
+    memory = run.long_context
+    if memory.checkpointing != "off":
+        kwargs = {**(plan.config.get("gradient_checkpointing_kwargs") or {}), "use_reentrant": memory.reentrant}
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if memory.reentrant:  # reentrant checkpoints pass gradients only to inputs that require them (LoRA's base
+            model.enable_input_require_grads()  # embeddings are frozen): make the embeddings' output require one
+    if memory.mlp_tiles:
+        from ds_tp.train.tiled import install_tiled_mlp
+        install_tiled_mlp(model, memory.mlp_tiles, log or (lambda _: None))
     model.config.use_cache = False
     return model, keep_alive
 

@@ -15,6 +15,7 @@ terms of ORPO and SimPO (cpo_alpha) are token means over the global batch's chos
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -94,7 +95,8 @@ class PreferenceTrainer(Trainer):
         """Per labels in shifts: (sum of the labelled tokens' log-probs, their count) per sequence, whole
         across the CP shards of the sequence (LD-DPO's weights on the answers' sums). With WPO
         (dpo_use_weighting) the policy's per-sequence WPO sums are kept in self.wpo."""
-        logits = model(**batch, use_cache=False).logits
+        with self.forward_memory() if policy else nullcontext():
+            logits = model(**batch, use_cache=False).logits
         out = []
         if self.preference.use_weighting and policy:
             self.wpo = losses.wpo_logps(logits, shifts[0])

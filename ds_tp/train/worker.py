@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     from ds_tp.data import load_prepared
     from ds_tp.device import probe_with_torch
     from ds_tp.model_config import load_tokenizer
-    from ds_tp.runfiles import PreparedRun
+    from ds_tp.runfiles import PreparedRun, read_state
     from ds_tp.train.checkpoint import agree_on_resume, load_checkpoint
     from ds_tp.train.export import export_hf
     from ds_tp.train.flops import PEAK_SOURCE, flops_per_token, peak_flops
@@ -67,10 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     per_row = 2 if run.preference else 1  # preference rows are two sequences (chosen and rejected) in one forward
     attach_sequence_parallel(mesh, plan, run, attn, plan.ds_config["train_micro_batch_size_per_gpu"] * per_row,
                              int(cfg["sequence_len"]))
-    model, keep_alive = load_model(plan, run, attn)
+    if run.long_context.checkpointing != "off" or run.long_context.mlp_tiles or run.long_context.loss != "standard":
+        log(f"memory: {run.long_context.describe()}")
+    model, keep_alive = load_model(plan, run, attn, log)
     if run.adapter:
         from ds_tp.train.adapter import apply_adapter
-        model = apply_adapter(model, run.adapter, cfg, run.zero3, seed)
+        model = apply_adapter(model, run.adapter, cfg, run.zero3, seed, run.long_context.reentrant)
     global_shapes = shapes_before_sharding(model)
     if run.adapter and layout.tp > 1:
         from ds_tp.train.tp_lora import split_lora_layers
@@ -118,7 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         # transformers' warm-up schedules do (a resume restores the saved iteration instead).
         scheduler.step()
     agree_on_resume(Path(plan.resume_from) if plan.resume_from else None, mesh.control_group)  # every rank
-    if plan.resume_from:
+    if plan.resume_from and plan.resume_other_layout:
+        from ds_tp.train.checkpoint import restore_rng
+        from ds_tp.train.reshard import load_resharded
+        state = read_state(Path(plan.resume_from))
+        load_resharded(engine, mesh, Path(plan.resume_from), state, global_shapes, log)
+        restore_rng(Path(plan.resume_from), mesh.rank)
+        start = int(state["step"])
+        log(f"resumed from {plan.resume_from} at step {start}")
+    elif plan.resume_from:
         state = load_checkpoint(engine, mesh, Path(plan.resume_from), trainable_only=run.adapter is not None)
         start = int(state["step"])
         log(f"resumed from {plan.resume_from} at step {start}")

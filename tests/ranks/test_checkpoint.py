@@ -62,17 +62,27 @@ def test_export_loads_with_from_pretrained(run_a):
     assert all({"loss", "lr", "grad_norm", "tokens_per_s"} <= r.keys() for r in metrics)
 
 
-def test_resume_with_another_layout_is_refused(run_a, tmp_path):
-    """fault: resuming a checkpoint with another layout (dp_shard 2 -> 1)
-    does: refused before any rank starts, naming both layouts and ds-tp export as the way out
+def test_resume_that_changes_the_global_batch_is_refused(run_a, tmp_path):
+    """fault: resuming on a layout where the checkpoint's global batch (16 = micro 8 x gas 1 x dp 2) cannot be kept
+    (dp_shard 3: 16 / (8 x 3) is not whole), or with micro_batch_size changed in the YAML
+    does: refused before any rank starts, in one line naming both batches and --allow-batch-change; with the flag
+    the run is planned and says the batch changes
     lost: nothing"""
     a_out, _ = run_a
-    with pytest.raises(UserError) as info:
-        prepare_training(QUICKSTART, [*FAST, "--output-dir", str(tmp_path / "C"), "--dp-shard-size", "1",
-                                      "--resume-from-checkpoint", str(a_out / "checkpoint-3")], 1)
-    said = str(info.value)
-    assert "resume on the same layout" in said and "'dp_shard': 2" in said and "'dp_shard': 1" in said, said
-    assert "ds-tp export" in said
+    checkpoint = str(a_out / "checkpoint-3")
+    for flags, world, why in ((["--dp-shard-size", "3"], 3, "micro_batch_size 8 x dp 3 does not divide it"),
+                              (["--dp-shard-size", "1", "--micro-batch-size", "4"], 1,
+                               "micro_batch_size / gradient_accumulation_steps changed from 8 / 1 to 4 / 1")):
+        with pytest.raises(UserError) as info:
+            prepare_training(QUICKSTART, [*FAST, "--output-dir", str(tmp_path / "C"), *flags,
+                                          "--resume-from-checkpoint", checkpoint], world)
+        said = str(info.value)
+        assert "trained with a global batch of 16 sequences" in said and why in said, said
+        assert "--allow-batch-change" in said and len(info.value.problems) == 1
+    _, plan, *_ = prepare_training(QUICKSTART, [*FAST, "--output-dir", str(tmp_path / "D"), "--dp-shard-size", "3",
+                                                "--resume-from-checkpoint", checkpoint], 3, allow_batch_change=True)
+    assert plan.resume_other_layout and plan.global_batch == 24
+    assert any("global batch 16 -> 24 (--allow-batch-change)" in n for n in plan.notes), plan.notes
 
 
 def test_foreign_output_dir_is_not_overwritten(run_a):

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from ds_tp.translators.long_context import LongContext
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -57,16 +58,19 @@ def rows() -> list[dict]:
     return out
 
 
-def loss_sum(model, chunked: bool, autocast: bool) -> torch.Tensor:
+def loss_sum(model, chunked, autocast: bool) -> torch.Tensor:
+    """chunked: False (full logits), True / "fused" (the head's weight fused into the loss) or "tiled"."""
     """Trainer._loss_sum on this model, as a one-rank stage-0 run sets it up (the engine's forward runs the
     model under autocast when DeepSpeed's torch_autocast is on; the chunked loss runs outside it)."""
     def engine(**batch):
         with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext():
             return model(**batch)
     trainer = SimpleNamespace(
-        pad_id=0, pad_to=None, resolved=SimpleNamespace(sequence_divisor=1), mesh=SimpleNamespace(coords={"cp": 0}),
-        layout=SimpleNamespace(cp=1), device=torch.device("cpu"), engine=engine,
-        head_weight=model.get_output_embeddings().weight if chunked else None,
+        pad_id=0, pad_to=None, mesh=SimpleNamespace(coords={"cp": 0}),
+        resolved=SimpleNamespace(sequence_divisor=1, long_context=LongContext(loss_chunks=CHUNKS)),
+        layout=SimpleNamespace(cp=1), device=torch.device("cpu"), engine=engine, forward_memory=nullcontext,
+        loss_head=None if not chunked else ("tiled", model.get_output_embeddings()) if chunked == "tiled"
+        else ("fused", model.get_output_embeddings().weight),
         no_positions=torch.zeros(0, dtype=torch.long), plan=SimpleNamespace(config={
             "chunked_cross_entropy_num_chunks": CHUNKS}),
         autocast=(lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else nullcontext)
@@ -90,11 +94,12 @@ def test_full_logits_are_never_made(tied):
     with plain:
         loss_sum(model, chunked=False, autocast=False).backward()
     assert plain.largest >= full  # the recorder sees the full logits where they are made
-    chunked = LargestVocabTensor()
-    with chunked:
-        loss_sum(model, chunked=True, autocast=False).backward()
     chunk_rows = -(-ROWS * LENGTH // CHUNKS)
-    assert chunked.largest <= max(chunk_rows * VOCAB, VOCAB * HIDDEN) < full, (chunked.largest, full)
+    for how in ("fused", "tiled"):
+        chunked = LargestVocabTensor()
+        with chunked:
+            loss_sum(model, chunked=how, autocast=False).backward()
+        assert chunked.largest <= max(chunk_rows * VOCAB, VOCAB * HIDDEN) < full, (how, chunked.largest, full)
 
 
 # (weights, autocast, relative tolerance of the loss, of each gradient's largest difference over its largest
@@ -104,13 +109,14 @@ CASES = {"fp32": (torch.float32, False, 1e-6, 1e-5), "bf16-autocast": (torch.flo
          "bf16-weights": (torch.bfloat16, False, 1e-5, 2e-2)}
 
 
+@pytest.mark.parametrize("how", ["fused", "tiled"])
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 @pytest.mark.parametrize("precision", list(CASES))
-def test_loss_and_gradients_equal_the_plain_cross_entropy(tied, precision):
+def test_loss_and_gradients_equal_the_plain_cross_entropy(tied, precision, how):
     dtype, autocast, loss_tol, grad_tol = CASES[precision]
     model = tiny_llama(tied, dtype)
     want_loss, want = loss_and_grads(model, chunked=False, autocast=autocast)
-    got_loss, got = loss_and_grads(model, chunked=True, autocast=autocast)
+    got_loss, got = loss_and_grads(model, chunked=how, autocast=autocast)
     assert abs(got_loss - want_loss) <= loss_tol * abs(want_loss), (got_loss, want_loss)
     assert want.keys() == got.keys()
     for name in want:

@@ -29,7 +29,7 @@ def test_auto_resume_skips_damaged_checkpoints(tmp_path, capsys):
     out = tmp_path / "out"
     cfg = load_config(EXAMPLES / "quickstart.yaml", ["--output-dir", str(out), "--auto-resume-from-checkpoints"], 2)
     damaged_run(out, cfg.layout)
-    assert resolve_resume(cfg) == str((out / "checkpoint-2").resolve())
+    assert resolve_resume(cfg)[0] == str((out / "checkpoint-2").resolve())
     warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warned) == 1 and str(out / "checkpoint-4" / "ds_tp_state.json") in warned[0], warned
 

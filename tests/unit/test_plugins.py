@@ -46,11 +46,3 @@ def test_plugin_switches_without_their_plugin_are_warned_about(write_config):
     text = "\n".join(str(w) for w in cfg.warnings)
     assert "liger_rope: has no effect without plugins" in text and "cut_cross_entropy: has no effect" in text
     assert not cfg.values.get("chunked_cross_entropy")
-
-
-def test_chunked_loss_warning_follows_the_resolved_layout(write_config):
-    """dp_shard inferred from the world size (ZeRO-3) counts as much as one written in the YAML."""
-    path = write_config(MINIMAL + "chunked_cross_entropy: true\n")
-    assert not any("chunked_cross_entropy" in str(w) for w in load_config(path, (), 1).warnings)
-    warned = [str(w) for w in load_config(path, (), 8).warnings if "chunked_cross_entropy" in str(w)]
-    assert len(warned) == 1 and "dp_shard 8" in warned[0]

@@ -1,0 +1,73 @@
+"""launch/resume.py: which resumes go through the reshard path and how the global batch is kept or refused."""
+from pathlib import Path
+
+import pytest
+
+from ds_tp.config import load_config
+from ds_tp.errors import UserError
+from ds_tp.launch.resume import plan_resume
+from tests.conftest import MINIMAL
+
+CKPT = Path("out/checkpoint-3")
+
+
+def _state(dp_shard=2, tp=1, cp=1, micro=1, gas=4, adapter=None):
+    dp = dp_shard
+    return {"step": 3, "world": dp_shard * tp * cp, "global_batch": micro * gas * dp, "optimizer_params": [["w"]],
+            "layout": {"dp_replicate": 1, "dp_shard": dp_shard, "tp": tp, "cp": cp},
+            "config": {"micro_batch_size": micro, "gradient_accumulation_steps": gas}, "run": {"adapter": adapter}}
+
+
+def _cfg(write_config, world, extra=""):
+    return load_config(write_config(MINIMAL + extra), (), world)
+
+
+def test_the_same_layout_is_deepspeeds_own_load(write_config):
+    cfg = _cfg(write_config, 2)
+    assert plan_resume(cfg, CKPT, _state(), False) == (False, [])
+
+
+def test_fewer_ranks_keep_the_global_batch_through_gas(write_config):
+    cfg = _cfg(write_config, 1)
+    other, notes = plan_resume(cfg, CKPT, _state(dp_shard=2), False)
+    assert other and cfg.values["gradient_accumulation_steps"] == 8
+    assert any("gradient_accumulation_steps 4 -> 8: keeps the global batch of 8 sequences" in n for n in notes)
+
+
+def test_tp_changes_keep_gas(write_config):
+    cfg = _cfg(write_config, 2, "dp_shard_size: 1\ntensor_parallel_size: 2\n")
+    other, notes = plan_resume(cfg, CKPT, _state(dp_shard=1), False)
+    assert other and cfg.values["gradient_accumulation_steps"] == 4 and len(notes) == 1
+
+
+def test_a_batch_that_cannot_be_kept_is_refused_unless_allowed(write_config):
+    cfg = _cfg(write_config, 3)  # global batch 4 x 3 = 12 against the checkpoint's 8: 8 / 3 is not whole
+    with pytest.raises(UserError) as info:
+        plan_resume(cfg, CKPT, _state(dp_shard=2), False)
+    assert "global batch of 8 sequences; this run's is 12" in str(info.value)
+    assert "--allow-batch-change" in str(info.value)
+    other, notes = plan_resume(cfg, CKPT, _state(dp_shard=2), True)
+    assert other and cfg.values["gradient_accumulation_steps"] == 4
+    assert any("global batch 8 -> 12 (--allow-batch-change)" in n for n in notes)
+
+
+def test_a_yaml_that_changed_the_batch_is_refused_even_on_the_same_layout(write_config):
+    cfg = _cfg(write_config, 2)
+    with pytest.raises(UserError) as info:
+        plan_resume(cfg, CKPT, _state(gas=2), False)
+    assert "changed from 1 / 2 to 1 / 4" in str(info.value)
+
+
+def test_an_adapter_checkpoint_needs_an_adapter_config(write_config):
+    cfg = _cfg(write_config, 1)
+    with pytest.raises(UserError) as info:
+        plan_resume(cfg, CKPT, _state(adapter={"kind": "lora"}), False)
+    assert "LoRA" in str(info.value)
+
+
+def test_a_stage0_checkpoint_without_parameter_names_stays_on_its_layout(write_config):
+    state = {**_state(dp_shard=1), "optimizer_params": None, "run": {"zero_stage": 0, "adapter": None}}
+    cfg = _cfg(write_config, 2, "dp_shard_size: 1\ntensor_parallel_size: 2\n")
+    with pytest.raises(UserError) as info:
+        plan_resume(cfg, CKPT, state, False)
+    assert "resumes on its own layout" in str(info.value) and "ds-tp export" in str(info.value)
