@@ -32,7 +32,7 @@ from ds_tp.errors import Finding
 class LongContext:
     loss: str = "standard"  # standard | fused | tiled
     loss_chunks: int = 8
-    mlp_tiles: int = 0  # 0: each MLP computed whole
+    mlp_tiles: int = 0  # 0: each MLP computed whole; -1: Axolotl's count, the model's width not read yet
     checkpointing: str = "off"  # off | on | offload
     reentrant: bool = False
 
@@ -45,7 +45,8 @@ class LongContext:
             }[self.loss]
         ]
         if self.mlp_tiles:
-            parts.append(f"MLP over {self.mlp_tiles} sequence tiles")
+            count = "ceil(sequence_len / cp / hidden_size)" if self.mlp_tiles < 0 else self.mlp_tiles
+            parts.append(f"MLP over {count} sequence tiles")
         parts.append(
             {
                 "off": "no activation checkpointing",
@@ -93,7 +94,7 @@ def resolve_long_context(
         tiles = int(cfg.get("tiled_mlp_num_shards") or 0)
         if not tiles:
             seq = int(cfg.get("sequence_len") or 2048)
-            tiles = math.ceil(math.ceil(seq / max(cp, 1)) / hidden) if hidden else 1
+            tiles = math.ceil(math.ceil(seq / max(cp, 1)) / hidden) if hidden else -1  # -1: width not read yet
             count = f"{tiles} sequence tile(s)" if hidden else "ceil(sequence_len / cp / hidden_size) tiles"
             findings.append(
                 Finding(
@@ -103,7 +104,7 @@ def resolve_long_context(
                     level="notice",
                 )
             )
-        tiles = max(int(tiles), 1)
+        tiles = max(int(tiles), 1) if tiles != -1 else -1
         if cfg.get("tiled_mlp_use_original_mlp") is False:
             findings.append(
                 Finding(

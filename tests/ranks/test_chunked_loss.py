@@ -28,7 +28,7 @@ def test_loss_and_gradients_equal_the_full_logits():
         assert torch.allclose(linear_cross_entropy_sum(hidden, weight, labels, chunk=7), ref, rtol=1e-5)
 
 
-@pytest.mark.parametrize("world", [1, 2], ids=["stage0", "cp2"])
+@pytest.mark.parametrize("world", [1], ids=["stage0"])  # cp 2, ZeRO-3 and TP: tests/ranks/test_long_context.py
 def test_training_losses_match_the_standard_loss(tmp_path, capfd, world):
     extra = ["--dp-shard-size", "1", "--max-steps", "4"] + (["--context-parallel-size", "2"] if world == 2 else [])
     plain = losses(train(tmp_path / "plain", [*SHARP, *extra], world))
