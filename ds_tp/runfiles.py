@@ -134,6 +134,7 @@ class PreparedRun:
     schedule: dict = field(default_factory=dict)  # translators.schedule.Schedule, its step counts filled in
     resume_from: str | None = None
     resume_other_layout: bool = False  # resume_from was saved on another layout: train/reshard.py loads it
+    yaml_gas: int | None = None  # gradient_accumulation_steps as the YAML wrote it (a resume may change config's)
     use_profiler: bool = False
     notes: list[str] = field(default_factory=list)
     plugin_modules: list[str] = field(default_factory=list)

@@ -82,13 +82,22 @@ def _offload_wanted(cfg: dict) -> tuple[bool, list[Finding]]:
 
 
 def resolve_long_context(
-    cfg: dict, zero3: bool, tp: int, cp: int, hidden: int | None
+    cfg: dict, zero3: bool, tp: int, cp: int, hidden: int | None, tied: bool = False
 ) -> tuple[LongContext, list[Finding]]:
     findings: list[Finding] = []
     chunks = int(cfg.get("chunked_cross_entropy_num_chunks") or 8)
     loss = "standard"
     if cfg.get("chunked_cross_entropy") and not cfg.get("rl"):
         loss = "tiled" if zero3 or tp > 1 else "fused"
+        if loss == "tiled" and tied:  # the head's gradient would be reduced before the embedding adds its share
+            loss = "standard"
+            findings.append(
+                Finding(
+                    ("chunked_cross_entropy",),
+                    "not used with tied embeddings on a ZeRO-3 or TP layout: the standard loss",
+                    level="warning",
+                )
+            )
     tiles = 0
     if cfg.get("tiled_mlp"):
         tiles = int(cfg.get("tiled_mlp_num_shards") or 0)

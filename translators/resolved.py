@@ -209,7 +209,9 @@ def resolve_run(
 ) -> ResolvedRun:
     stage, why = zero_stage(layout, user_deepspeed)
     adapter, _ = resolve_adapter(cfg)  # its findings were reported by validation
-    long_context = resolve_long_context(cfg, stage == 3, layout.tp, layout.cp, model.hidden if model else None)[0]
+    long_context = resolve_long_context(
+        cfg, stage == 3, layout.tp, layout.cp, model.hidden if model else None, bool(model and model.tied)
+    )[0]
     fused = cfg.get("optimizer", "adamw_torch_fused") == "adamw_torch_fused" and device.get("accelerator") == "cuda"
     return ResolvedRun(
         layout=layout,

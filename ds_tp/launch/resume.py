@@ -47,18 +47,19 @@ def plan_resume(cfg, checkpoint: Path, state: dict, allow_batch_change: bool) ->
     if not isinstance(saved_batch, int) or saved_batch == batch:
         return other_layout, notes
     saved_cfg = state.get("config") or {}
-    same_yaml = (saved_cfg.get("micro_batch_size"), saved_cfg.get("gradient_accumulation_steps")) == (micro, gas)
+    saved_gas = state.get("yaml_gas") or saved_cfg.get("gradient_accumulation_steps")  # as its YAML wrote it
+    same_yaml = (saved_cfg.get("micro_batch_size"), saved_gas) == (micro, gas)
     if same_yaml and saved_batch % (micro * layout.dp) == 0:
         new_gas = saved_batch // (micro * layout.dp)
-        values["gradient_accumulation_steps"] = new_gas
+        values["gradient_accumulation_steps"] = new_gas  # the YAML's own value travels as PreparedRun.yaml_gas
         notes.append(f"gradient_accumulation_steps {gas} -> {new_gas}: keeps the global batch of {saved_batch} "
-                     f"sequences the checkpoint trained with (dp {before.get('dp_replicate', 1) * before.get('dp_shard', 1)}"
+                     f"sequences the checkpoint trained with (dp {(before.get('dp_replicate') or 1) * (before.get('dp_shard') or 1)}"
                      f" -> {layout.dp})" + ("; group_by_length groups by micro x gas, so its order changes"
                                             if values.get("group_by_length") else ""))
         return other_layout, notes
     why = (f"micro_batch_size {micro} x dp {layout.dp} does not divide it" if same_yaml else
            f"micro_batch_size / gradient_accumulation_steps changed from "
-           f"{saved_cfg.get('micro_batch_size')} / {saved_cfg.get('gradient_accumulation_steps')} to {micro} / {gas}")
+           f"{saved_cfg.get('micro_batch_size')} / {saved_gas} to {micro} / {gas}")
     if not allow_batch_change:
         raise UserError(Problem(f"{checkpoint} trained with a global batch of {saved_batch} sequences; this run's is "
                                 f"{batch} ({why})", key="resume_from_checkpoint",
@@ -71,3 +72,24 @@ def plan_resume(cfg, checkpoint: Path, state: dict, allow_batch_change: bool) ->
 
 def _product(saved: dict) -> str:
     return " x ".join(f"{k}({saved.get(k)})" for k in AXES)
+
+
+FUSED_MLP = ("phi3", "glm", "glm4")  # gate_up_proj split sub-block by sub-block (family_rules SubParamLinear)
+
+
+def reshard_problem(run, state: dict) -> str | None:
+    """Why this resolved run cannot take the checkpoint's state across layouts (checked after the run is resolved,
+    before launch), or None."""
+    saved_run = state.get("run") or {}
+    saved_stage, stage = saved_run.get("zero_stage"), run.zero_stage
+    if saved_stage in (1, 2) or stage in (1, 2):
+        return "ZeRO stage 1 or 2 (from a deepspeed: JSON) is not resharded by ds-tp: it resumes on its own layout only"
+    if stage == 0 and run.precision.half_weights:
+        return (f"this layout runs {run.precision.name} at ZeRO stage 0 (DeepSpeed keeps the fp32 copy and moments in "
+                "its own 16-bit optimizer wrapper, which ds-tp does not fill): resume with dp_shard_size > 1")
+    saved_tp = (saved_run.get("layout") or state.get("layout") or {}).get("tp", 1)
+    model_type = run.model.model_type if run.model else ""
+    if model_type in FUSED_MLP and saved_tp != run.layout.tp:
+        return (f"{model_type}'s fused gate_up_proj is split sub-block by sub-block under tensor parallelism; "
+                f"changing tp ({saved_tp} -> {run.layout.tp}) is not supported for it")
+    return None

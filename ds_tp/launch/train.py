@@ -78,12 +78,21 @@ def plan_training(config: Path, overrides, num_processes: int | None, *, use_pro
     if hosts:
         from ds_tp.launch.hostfile import check_hosts_fit_layout
         check_hosts_fit_layout(hostfile, hosts, cfg.layout.tp, cfg.layout.cp)
+    yaml_gas = cfg.values.get("gradient_accumulation_steps")
     resume, other_layout, resume_notes = resolve_resume(cfg, allow_batch_change) if mode == "train" else (None, False, [])
     prepared = prepare_run(cfg, device=device, resume_from=resume, use_profiler=use_profiler, overwrite=overwrite,
                            check_output=machine_rank == 0 and mode == "train")
     prepared.mode = mode
     prepared.resume_other_layout = other_layout
+    prepared.yaml_gas = yaml_gas
     prepared.notes = resume_notes + prepared.notes
+    if other_layout:
+        from ds_tp.launch.resume import reshard_problem
+        why = reshard_problem(prepared.resolved, read_state(Path(resume)))
+        if why:
+            raise UserError(Problem(f"{resume}: {why}", key="resume_from_checkpoint",
+                                    where=cfg.where(("resume_from_checkpoint",)),
+                                    hint=f"resume on the saved layout, or `ds-tp export {resume} OUT` and start from it"))
     if mode == "evaluate":  # its own root: a training run in output_dir (even a live one) is not touched
         prepared.output_dir = str(Path(prepared.output_dir) / EVALUATE_DIR)
     return cfg, prepared, cfg.layout.world, device

@@ -145,5 +145,7 @@ def restore_rng(checkpoint: Path, rank: int) -> None:
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        if "cuda" in rng and torch.cuda.is_available():  # this rank's own device (a rank saves every visible one)
+            device = torch.cuda.current_device()
+            if device < len(rng["cuda"]):
+                torch.cuda.set_rng_state(rng["cuda"][device], device)

@@ -148,8 +148,13 @@ class Trainer:
         with self.forward_memory():  # chunked: the model stops at the hidden states
             out = self.engine(**batch, use_cache=False, output_hidden_states=True, logits_to_keep=self.no_positions)
         hidden, (how, head) = out.hidden_states[-1], self.loss_head
-        if how == "tiled":
+        if how == "tiled" and (hidden.requires_grad or not torch.is_grad_enabled()):
             return tiled_loss_sum(head, hidden, shift, self.resolved.long_context.loss_chunks, self.autocast)
+        if how == "tiled":  # only the head trains (everything below frozen): its weight must be an autograd input
+            with self.autocast():
+                logits = head(hidden)
+            return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift.reshape(-1),
+                                   ignore_index=-100, reduction="sum")
         with self.autocast():
             local = linear_cross_entropy_sum(hidden.reshape(-1, hidden.shape[-1]), head, shift.reshape(-1),
                                              self._chunk_rows(shift.numel()))
@@ -306,7 +311,8 @@ class Trainer:
         state = {"early_stopping": loop.early.state(), "total_steps": plan.total_steps, "global_batch": plan.global_batch, "layout": plan.run["layout"],
                  "run": plan.run,
                  "world": self.mesh.world, "model_path": plan.model_path, "config": plan.config,
-                 "versions": versions(), "optimizer_params": optimizer_param_names(self.engine)}
+                 "versions": versions(), "optimizer_params": optimizer_param_names(self.engine),
+                 "yaml_gas": getattr(plan, "yaml_gas", None) or plan.config.get("gradient_accumulation_steps")}
         adapter = self.resolved.adapter
         extra = None
         if adapter is not None:  # the adapter folder too: PeftModel.from_pretrained(base, checkpoint) loads it

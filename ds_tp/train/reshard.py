@@ -158,8 +158,15 @@ def _set_stage0(engine, param, value, moments: dict, step: float) -> None:
             safe_set_full_optimizer_state(param, moment, key)
         return
     optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    optimizer.state[param] = {"step": torch.tensor(step), **{k: m.to(param.device, param.dtype).clone()
-                                                             for k, m in moments.items()}}
+    optimizer.state[param] = {"step": _step_tensor(optimizer, param, step),
+                              **{k: m.to(param.device, param.dtype).clone() for k, m in moments.items()}}
+
+
+def _step_tensor(optimizer, param, step: float) -> torch.Tensor:
+    """Adam's step as torch keeps it: on the parameter's device for fused/capturable groups, else on the CPU."""
+    group = next((g for g in optimizer.param_groups if any(p is param for p in g["params"])), {})
+    on_device = group.get("fused") or group.get("capturable")
+    return torch.tensor(float(step), dtype=torch.float32, device=param.device if on_device else "cpu")
 
 
 def _set_zero(param, value, moments: dict, stage: int) -> None:
@@ -185,7 +192,7 @@ def _ensure_adam_state(engine) -> None:
     for flat in flats or [p for group in inner.param_groups for p in group["params"]]:
         state = inner.state[flat]
         if MOMENTS[0] not in state:
-            state.update({"step": torch.zeros((), dtype=torch.float32),
+            state.update({"step": _step_tensor(inner, flat, 0.0),
                           **{k: torch.zeros_like(flat, memory_format=torch.preserve_format) for k in MOMENTS}})
 
 

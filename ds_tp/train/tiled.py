@@ -66,8 +66,12 @@ class TiledMLP(torch.autograd.Function):
 
 
 def _tiled_forward(mlp, original, tiles):
+    params = list(mlp.parameters())
+
     def forward(x):  # tiled in eval too: the same calls on every rank, one tile's activations at a time
-        return TiledMLP.apply(original, x, tiles, list(mlp.parameters()))
+        if torch.is_grad_enabled() and not x.requires_grad and any(p.requires_grad for p in params):
+            return original(x)  # only the MLP's own weights train (frozen layers below): autograd must see them
+        return TiledMLP.apply(original, x, tiles, params)
     return forward
 
 

@@ -69,3 +69,9 @@ def test_the_decision_survives_the_plan_file():
     run = resolve_run({"tiled_mlp": True, "tiled_mlp_num_shards": 3, "gradient_checkpointing": "offload"},
                       Layout(1, 1, 1, 1), {"accelerator": "cpu"})
     assert type(run).from_dict(run.to_dict()).long_context == LongContext("standard", 8, 3, "offload", False)
+
+
+def test_tied_embeddings_keep_the_standard_loss_where_it_would_be_tiled():
+    got, found = resolve_long_context({"chunked_cross_entropy": True}, True, 1, 1, 64, tied=True)
+    assert got.loss == "standard" and "tied embeddings" in found[0].message
+    assert resolve_long_context({"chunked_cross_entropy": True}, False, 1, 1, 64, tied=True)[0].loss == "fused"

@@ -71,3 +71,28 @@ def test_a_stage0_checkpoint_without_parameter_names_stays_on_its_layout(write_c
     with pytest.raises(UserError) as info:
         plan_resume(cfg, CKPT, state, False)
     assert "resumes on its own layout" in str(info.value) and "ds-tp export" in str(info.value)
+
+
+def test_the_yaml_gas_not_the_changed_one_is_compared():
+    """dp 2 -> 4 changed gas 4 -> 2 and the checkpoint of that run records the YAML's 4: dp 8 keeps the batch."""
+    from types import SimpleNamespace
+    state = {**_state(dp_shard=4, gas=2), "yaml_gas": 4}
+    layout = SimpleNamespace(dp=8, dp_replicate=1, dp_shard=8, tp=1, cp=1, product=lambda: "dp_shard(8)")
+    cfg = SimpleNamespace(values={"micro_batch_size": 1, "gradient_accumulation_steps": 4}, layout=layout,
+                          where=lambda key: None)
+    other, notes = plan_resume(cfg, CKPT, state, False)
+    assert other and cfg.values["gradient_accumulation_steps"] == 1, notes
+
+
+def test_layouts_ds_tp_does_not_reshard_are_refused_before_launch():
+    from types import SimpleNamespace
+
+    from ds_tp.launch.resume import reshard_problem
+    run = SimpleNamespace(zero_stage=0, precision=SimpleNamespace(half_weights=True, name="bf16"),
+                          layout=SimpleNamespace(tp=2), model=None)
+    assert "ZeRO stage 0" in reshard_problem(run, _state())
+    run = SimpleNamespace(zero_stage=3, precision=SimpleNamespace(half_weights=True, name="bf16"),
+                          layout=SimpleNamespace(tp=2), model=SimpleNamespace(model_type="phi3"))
+    assert "fused gate_up_proj" in reshard_problem(run, _state())
+    assert reshard_problem(SimpleNamespace(**{**vars(run), "model": SimpleNamespace(model_type="llama")}), _state()) is None
+    assert "stage 1 or 2" in reshard_problem(SimpleNamespace(**{**vars(run), "zero_stage": 2}), _state())

@@ -96,3 +96,19 @@ def test_activation_offload_holds_each_layers_input(monkeypatch, reentrant):
     want, got = _grads(plain), _grads(model)
     for name in want:
         assert torch.allclose(want[name], got[name], atol=1e-6), name
+
+
+def test_tiled_mlp_trains_its_own_weights_when_everything_below_is_frozen():
+    """unfrozen_parameters on the MLPs only: the layer input needs no gradient, the MLP's weights do."""
+    whole, tiled_model = _model(), _model()
+    for model in (whole, tiled_model):
+        for name, param in model.named_parameters():
+            param.requires_grad_(".layers.0.mlp." in name)
+    tiled.install_tiled_mlp(tiled_model, 4, lambda _: None)
+    ids = torch.randint(0, 97, (1, 9))
+    whole(input_ids=ids, labels=ids).loss.backward()
+    tiled_model(input_ids=ids, labels=ids).loss.backward()
+    want, got = _grads(whole), _grads(tiled_model)
+    assert want.keys() == got.keys() and len(want) == 3
+    for name in want:
+        assert torch.allclose(want[name], got[name], atol=1e-6), name
