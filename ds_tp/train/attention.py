@@ -12,6 +12,10 @@ is_causal and no mask: the fused kernels (flash on CPU and GPU) keep memory line
 Padding is on the right (batches.collate) and continues the last document, so it is never attended to by a
 real token. A sliding-window layer (Mistral, Gemma's local layers) gets its band as an explicit mask, per
 document, only when the document is longer than the window.
+
+The spans are found once per forward, not once per layer: every layer receives the same position_ids tensor,
+and finding them reads values back to the host (nonzero, tolist), on a GPU a sync that would stop the host
+from queueing the next layers' kernels ahead of the device.
 """
 from __future__ import annotations
 
@@ -32,6 +36,20 @@ def document_spans(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     return out
 
 
+_SEEN: tuple = (None, -1, None)  # (position_ids, its version, spans): the forward now running
+
+
+def spans_of(position_ids: torch.Tensor, rows: int) -> list[list[tuple[int, int]]]:
+    """document_spans of this forward's position_ids, found at its first layer. The tensor itself is held
+    (not its address, which a later batch could reuse), so a new batch is never given old spans."""
+    global _SEEN
+    held, version, spans = _SEEN
+    if held is not position_ids or version != position_ids._version or len(spans) != rows:
+        spans = document_spans(position_ids.expand(rows, -1))
+        _SEEN = (position_ids, position_ids._version, spans)
+    return spans
+
+
 def _band(length: int, window: int, device) -> torch.Tensor:
     i = torch.arange(length, device=device)
     return ((i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window))[None, None]
@@ -46,7 +64,7 @@ def document_sdpa(module, query, key, value, attention_mask, **kwargs):
     if position_ids is None or position_ids.shape[-1] != query.shape[2] or attention_mask is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, position_ids=position_ids, **kwargs)
     window = kwargs.pop("sliding_window", None) or getattr(module, "sliding_window", None)  # Mistral passes it
-    spans = document_spans(position_ids.expand(query.shape[0], -1))
+    spans = spans_of(position_ids, query.shape[0])
     if all(len(row) == 1 for row in spans) and not window:
         return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)
     rows = []

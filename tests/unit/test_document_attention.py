@@ -86,3 +86,27 @@ def test_no_mask_is_built(monkeypatch):
     finally:
         attention.register_document_sdpa()
     assert seen and all(m is None for m in seen)
+
+
+def test_spans_found_once_per_forward_and_anew_for_each_batch(monkeypatch):
+    """Every layer gets the same position_ids: the documents are found at the first layer only (on a GPU each
+    search is a device-to-host sync), also through checkpointed recomputation in backward; a new batch (even
+    with equal values) is searched again, so no batch is given another's documents."""
+    import ds_tp.train.attention as attention
+    calls = []
+    real = attention.document_spans
+    monkeypatch.setattr(attention, "document_spans", lambda pos: calls.append(1) or real(pos))
+    name = register_document_sdpa()
+    m = model("llama", name).train()
+    m.config.use_cache = False
+    m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ids, pos = packed_batch()
+    m(input_ids=ids, position_ids=pos, labels=ids).loss.backward()
+    assert len(calls) == 1  # 2 layers, forward and recomputation
+    # a second batch: one document per row, where the first batch had four in row 0
+    whole = torch.arange(ids.shape[1]).expand(2, -1).clone()
+    with torch.no_grad():
+        got = m.eval()(input_ids=ids, position_ids=whole).logits
+        want = model("llama", "eager")(input_ids=ids).logits
+    assert len(calls) == 2
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
