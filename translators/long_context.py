@@ -28,6 +28,11 @@ from dataclasses import asdict, dataclass
 from ds_tp.errors import Finding
 
 
+def axolotl_mlp_tiles(sequence_len: int, cp: int, hidden: int) -> int:
+    """Axolotl's tile count when tiled_mlp_num_shards is unset: ceil(rank's sequence shard / hidden), >= 1."""
+    return max(math.ceil(math.ceil(sequence_len / max(cp, 1)) / hidden), 1)
+
+
 @dataclass(frozen=True)
 class LongContext:
     loss: str = "standard"  # standard | fused | tiled
@@ -103,7 +108,7 @@ def resolve_long_context(
         tiles = int(cfg.get("tiled_mlp_num_shards") or 0)
         if not tiles:
             seq = int(cfg.get("sequence_len") or 2048)
-            tiles = math.ceil(math.ceil(seq / max(cp, 1)) / hidden) if hidden else -1  # -1: width not read yet
+            tiles = axolotl_mlp_tiles(seq, cp, hidden) if hidden else -1  # -1: width not read yet
             count = f"{tiles} sequence tile(s)" if hidden else "ceil(sequence_len / cp / hidden_size) tiles"
             findings.append(
                 Finding(

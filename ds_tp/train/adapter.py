@@ -95,13 +95,14 @@ def adapted_modules(hf_config, adapter: Adapter, cfg: dict) -> tuple[list[str] |
     return targets, adapted, trainable, total
 
 
-def apply_adapter(model, adapter: Adapter, cfg: dict, zero3: bool, seed: int, reentrant: bool = False):
-    """The peft model on this rank: from lora_model_dir when set, else freshly initialised from `seed`."""
+def apply_adapter(model, adapter: Adapter, cfg: dict, zero3: bool, seed: int, memory):
+    """The peft model on this rank: from lora_model_dir when set, else freshly initialised from `seed`.
+    memory: ResolvedRun.long_context (whether layers are checkpointed, and how)."""
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if adapter.quant and not zero3:  # Axolotl skips it under ZeRO-3 too (everything stays in one dtype)
-        kwargs = {**(cfg.get("gradient_checkpointing_kwargs") or {}), "use_reentrant": reentrant}  # as load_model set it
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.get("gradient_checkpointing")),
+        kwargs = {**(cfg.get("gradient_checkpointing_kwargs") or {}), "use_reentrant": memory.reentrant}  # as load_model
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=memory.checkpointing != "off",
                                                 gradient_checkpointing_kwargs=kwargs)
     if hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # checkpointed layers need a grad-requiring input when the base is frozen

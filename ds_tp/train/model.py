@@ -51,9 +51,10 @@ def load_model(plan, run, attn: str, log=None):
             model.enable_input_require_grads()  # embeddings are frozen): make the embeddings' output require one
     if memory.mlp_tiles:
         from ds_tp.train.tiled import install_tiled_mlp
-        tiles = memory.mlp_tiles if memory.mlp_tiles > 0 else -(-int(plan.config["sequence_len"]) // run.layout.cp
-                                                               // model.config.hidden_size)  # width read here
-        install_tiled_mlp(model, max(tiles, 1), log or (lambda _: None))
+        from ds_tp.translators.long_context import axolotl_mlp_tiles
+        tiles = memory.mlp_tiles if memory.mlp_tiles > 0 else axolotl_mlp_tiles(  # -1: the width is read here
+            int(plan.config["sequence_len"]), run.layout.cp, model.config.hidden_size)
+        install_tiled_mlp(model, tiles, log or (lambda _: None))
     model.config.use_cache = False
     return model, keep_alive
 

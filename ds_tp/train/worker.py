@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     model, keep_alive = load_model(plan, run, attn, log)
     if run.adapter:
         from ds_tp.train.adapter import apply_adapter
-        model = apply_adapter(model, run.adapter, cfg, run.zero3, seed, run.long_context.reentrant)
+        model = apply_adapter(model, run.adapter, cfg, run.zero3, seed, run.long_context)
     global_shapes = shapes_before_sharding(model)
     if run.adapter and layout.tp > 1:
         from ds_tp.train.tp_lora import split_lora_layers
