@@ -1,7 +1,7 @@
 """Throughput benchmark: ds-tp's trainer against HF Trainer (same DeepSpeed JSON), HF Trainer with
 Axolotl's ZeRO-3 JSON, and a plain PyTorch loop: same model, same data, same steps, one run.
 
-    python scripts/bench.py                 # whatever device is here; ~4 min on 2 CPU cores, ~3 min on an H100
+    python scripts/bench.py                 # whatever device is here; ~10 min on 2 CPU cores, ~3 min on an H100
     python scripts/bench.py --quick         # a smoke run (few steps: the figures are not stable)
     python scripts/bench.py --lora          # the same four ways training a LoRA adapter (peft, rank 16 on
                                             # every linear layer; the base frozen)
@@ -27,6 +27,9 @@ synchronised at both ends). ds-tp's window is the one its own metrics.jsonl repo
 --warmup, so its rows after the first cover exactly the measured steps). On CPU every way runs in
 --rounds interleaved rounds (default 2) and its fastest round counts, with OMP_NUM_THREADS=1 (a shared
 2-core machine made 2-thread runs swing 7x); the process CPU time over the same window is reported too.
+On CPU each way's child also records the end of every optimizer step (a global torch optimizer hook, the
+same for every way): the median measured step per round, the fastest round's counting, and the ratio of
+those medians, which a few steps slowed by other jobs on the machine move far less than the totals.
 
 Peak memory: on CUDA torch.cuda.max_memory_allocated at the end of the last step; on CPU the way's
 process's peak resident set (getrusage(RUSAGE_SELF).ru_maxrss inside the child at the end of the last
@@ -57,7 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 # overhead, dominates on 2 CPU cores (~3.9 M non-embedding parameters), with the tiny-llama tokenizer.
 CPU_SHAPE = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
                  num_key_value_heads=4, max_position_embeddings=1024)
-CPU_RUN = dict(sequence_len=256, micro_batch_size=4, warmup=8, measured=40)
+CPU_RUN = dict(sequence_len=256, micro_batch_size=4, warmup=8, measured=120)  # ~35 s a way on 2 cores
 # TinyLlama-1.1B's shape, randomly initialised (nothing is downloaded).
 GPU_SHAPE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                  num_key_value_heads=4, max_position_embeddings=2048, vocab_size=32000)
@@ -310,7 +313,8 @@ def parent(args) -> int:
             "ds_config": ds_json, "zero3_config": ZERO3_AXOLOTL, "precision": plan.resolved.precision.name, "order": order,
             "step_real_tokens": step_real, "warmup": run["warmup"], "total": total,
             "pad_id": _pad_id(plan), "lr": LR, "lr_warmup": LR_WARMUP, "seed": SEED, "work": str(work),
-            "micro": run["micro_batch_size"], "threads": threads, "lora": lora}
+            "micro": run["micro_batch_size"], "threads": threads, "lora": lora,
+            "phases": args.phases}
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec))
 
@@ -376,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deepspeed-override", help="JSON merged over ds-tp's generated DeepSpeed config (its "
                         "`deepspeed:` key), to try a change; ways ds_tp and hf_trainer both use the result")
     parser.add_argument("--quick", action="store_true", help="2 + 4 steps: a smoke run, not a measurement")
+    parser.add_argument("--phases", action="store_true", help="CPU: also time each step's phases (between steps, "
+                        "forward, backward, optimizer) and count page faults, alike for every way (bench_ways.PhaseClock)")
     parser.add_argument("--lora", action="store_true", help="every way trains a LoRA adapter (peft) on the frozen base")
     parser.add_argument("--work-dir", help="scratch folder (model, data, outputs, logs); default a new temp dir")
     parser.add_argument("--out-dir", default=str(REPO / "benchmarks"))

@@ -46,6 +46,18 @@ def best_run(runs: list[dict]) -> dict | None:
     return max(good, key=tokens_per_s) if good else None
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def step_intervals(ends: list[float], warmup: int) -> list[float]:
+    """Seconds of each measured step from the times its optimizer steps ended (ends[i]: the end of step
+    i + 1): steps warmup + 1 .. len(ends), each from the end of the step before it."""
+    return [b - a for a, b in zip(ends[warmup - 1:], ends[warmup:])]
+
+
 def assemble(results: dict[str, list[dict]], *, device: dict, precision: str, versions: dict, setup: dict,
              flops_token: float, peak_flops: float | None, date: str) -> dict:
     """The one JSON object: per-way tokens/s (best round), MFU, peak memory, the ratios ds_tp / each
@@ -71,6 +83,14 @@ def assemble(results: dict[str, list[dict]], *, device: dict, precision: str, ve
             out[f"{way}_process_max_rss_gib"] = round(r["process_max_rss_gib"], 3)
         if r.get("final_loss") is not None:
             out[f"{way}_final_loss"] = round(r["final_loss"], 4)
+        medians = [median(x["step_s"]) if x.get("step_s") else None for x in runs if not x.get("error")]
+        if any(m is not None for m in medians):
+            # The median measured step of each round (CPU): a step that other jobs on the machine slowed moves
+            # it little, where it moves the round's total; the fastest round's median counts.
+            out[f"{way}_median_step_s_rounds"] = [None if m is None else round(m, 5) for m in medians]
+            out[f"{way}_median_step_s"] = round(min(m for m in medians if m is not None), 5)
+        if r.get("phases_ms"):
+            out[f"{way}_phases_ms"] = r["phases_ms"]  # the fastest round's
         if r.get("cpu_seconds"):
             # Process CPU time over the same window: the share of a core the way got (1.0 = a whole core per
             # OMP thread on an idle machine), and tokens per CPU-second, which other jobs barely move.
@@ -86,6 +106,12 @@ def assemble(results: dict[str, list[dict]], *, device: dict, precision: str, ve
         other_cpu = out.get(f"{way}_tokens_per_cpu_s")
         if base_cpu and other_cpu:
             out[f"ds_tp_vs_{way}_per_cpu_s"] = round(base_cpu / other_cpu, 4)
+        mine, theirs = out.get("ds_tp_median_step_s"), out.get(f"{way}_median_step_s")
+        if mine and theirs:  # a speed ratio: the other way's step time over ds-tp's (> 1: ds-tp faster)
+            out[f"ds_tp_vs_{way}_by_median_step"] = round(theirs / mine, 4)
+            out[f"ds_tp_vs_{way}_by_median_step_by_round"] = [
+                round(b / a, 4) for a, b in zip(out["ds_tp_median_step_s_rounds"], out[f"{way}_median_step_s_rounds"])
+                if a and b]
         paired = paired_ratios(out.get("ds_tp_tokens_per_s_rounds"), out.get(f"{way}_tokens_per_s_rounds"))
         if paired:  # round by round (the two ran minutes apart at most): how much the ratio moves with load
             out[f"ds_tp_vs_{way}_by_round"] = paired
@@ -115,8 +141,15 @@ def summary_lines(result: dict) -> list[str]:
                      f"{mem} {result[f'{way}_peak_mem_gib']:.2f} GiB"
                      + (f"  MFU {100 * mfu:.1f}%" if mfu is not None else "")
                      + (f"  ds_tp/{way} = {ratio:.3f}" if ratio is not None else "")
+                     + (f"  median step {result[f'{way}_median_step_s']:.4f} s" if result.get(f"{way}_median_step_s")
+                        else "")
+                     + (f" (ds_tp/{way} {result[f'ds_tp_vs_{way}_by_median_step']:.3f})"
+                        if result.get(f"ds_tp_vs_{way}_by_median_step") else "")
                      + (f"  | {cpu:.1f} tok/CPU-s, CPU/wall {result[f'{way}_cpu_per_wall']}" if cpu else "")
                      + (f", ds_tp/{way} per CPU-s = {cpu_ratio:.3f}" if cpu and cpu_ratio else ""))
+        if result.get(f"{way}_phases_ms"):
+            lines.append(f"  {'':17s} phases, median ms (fastest round): "
+                         + ", ".join(f"{k} {v}" for k, v in result[f"{way}_phases_ms"].items()))
     return lines
 
 

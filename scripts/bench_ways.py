@@ -6,9 +6,62 @@ import json
 import time
 from pathlib import Path
 
-from bench_report import ds_tp_window
+from bench_report import ds_tp_window, step_intervals
 
 # --- the children ------------------------------------------------------------------------------
+
+class PhaseClock:
+    """--phases (CPU): each step cut at its outermost forward's start and end and its optimizer step's start
+    and end, through torch's global module and optimizer hooks, the same for every way. Phases: `between`
+    (the end of the last optimizer step to the next forward: the loop's after-step work and the next batch),
+    `forward`, `backward` (the end of the forward to the optimizer step: loss, backward, norm and clipping),
+    `optimizer`; also the process's minor page faults per step. The module hooks cost every way a little."""
+
+    def __init__(self):
+        import resource
+
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+        self.events: list[tuple[str, float, int]] = []
+        self.outer = None
+        faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # noqa: E731
+        mark = lambda tag: self.events.append((tag, time.perf_counter(), faults()))  # noqa: E731
+
+        def pre(module, _args):
+            if self.outer is None:
+                self.outer = module
+                mark("forward")
+
+        def post(module, _args, _out):
+            if module is self.outer:
+                mark("backward")
+
+        def opt_end(*_):
+            mark("between")
+            self.outer = None
+        self.handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post),
+                        register_optimizer_step_pre_hook(lambda *_: mark("optimizer")),
+                        register_optimizer_step_post_hook(opt_end)]
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def medians(self, warmup: int) -> dict:
+        """Median milliseconds of each phase over the measured steps, and mean minor faults per step."""
+        from bench_report import median
+        spans: dict[str, list[float]] = {}
+        done, faults = 0, []  # done: optimizer steps ended before the event that closes this phase
+        for (_, t0, f0), (tag, t1, f1) in zip(self.events, self.events[1:]):
+            if done + 1 > warmup:  # the phase belongs to step done + 1 (1-based)
+                phase = {"forward": "between", "backward": "forward", "optimizer": "backward", "between": "optimizer"}[tag]
+                spans.setdefault(phase, []).append(1e3 * (t1 - t0))
+                faults.append(f1 - f0)
+            done += tag == "between"
+        out = {phase: round(median(v), 3) for phase, v in spans.items()}
+        out["minor_faults_per_step"] = round(sum(faults) / max(done - warmup, 1))
+        return out
+
 
 def _peak_mem_gib() -> float:
     """The figure ds-tp's own metrics report (ds_tp.train.loop.peak_memory_gib), for every way."""
@@ -224,7 +277,14 @@ def child_torch(spec: dict) -> dict:
 def child(way: str, spec_path: Path, result_path: Path) -> int:
     spec = json.loads(spec_path.read_text())
     import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
     torch.set_num_threads(int(spec["threads"]))
+    # The end of every optimizer step, whichever way (and wrapper) ran it: per-step times measured alike for
+    # all ways. CPU only: on a GPU the host runs ahead of the device, and a sync here would change the run.
+    ends: list[float] = []
+    if not torch.cuda.is_available():
+        register_optimizer_step_post_hook(lambda *_: ends.append(time.perf_counter()))
+    phases = PhaseClock() if spec.get("phases") and not torch.cuda.is_available() else None
     if way == "ds_tp":
         result = child_ds_tp(spec)
     elif way == "hf_trainer":
@@ -235,6 +295,10 @@ def child(way: str, spec_path: Path, result_path: Path) -> int:
         result = child_torch(spec)
     else:
         raise SystemExit(f"unknown way {way}")
+    if len(ends) == spec["total"]:  # one optimizer step per training step (none skipped)
+        result["step_s"] = step_intervals(ends, spec["warmup"])
+    if phases is not None:
+        result["phases_ms"] = phases.medians(spec["warmup"])
     result_path.write_text(json.dumps(result))
     print(f"[bench child {way}] {json.dumps(result)}", flush=True)
     return 0

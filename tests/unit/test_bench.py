@@ -89,3 +89,55 @@ def test_device_slug(report):
 def test_paired_ratios_skip_failed_rounds(report):
     assert report.paired_ratios([100.0, None, 300.0], [50.0, 10.0, 150.0]) == [2.0, 2.0]
     assert report.paired_ratios(None, [1.0]) == []
+
+
+def test_step_intervals_are_the_measured_steps(report):
+    ends = [1.0, 2.0, 4.0, 7.0, 11.0]  # steps 1..5 end at these times; warm-up 2
+    assert report.step_intervals(ends, 2) == [2.0, 3.0, 4.0]  # steps 3, 4, 5
+
+
+def test_median_step_ratio_is_a_speed_ratio_from_the_fastest_rounds(report):
+    results = {"ds_tp": [run(10, 1.0, step_s=[0.30, 0.20, 0.25]), run(10, 1.0, step_s=[0.22, 0.21, 0.9])],
+               "torch": [run(10, 1.0, step_s=[0.24, 0.24, 0.5, 0.23])]}  # median 0.24
+    out = report.assemble(results, device={"name": "CPU", "accelerator": "cpu"}, precision="fp32", versions={},
+                          setup={"sequence_len": 8, "micro_batch_size": 1, "warmup": 2, "measured": 3},
+                          flops_token=1.0, peak_flops=None, date="d")
+    assert out["ds_tp_median_step_s_rounds"] == [0.25, 0.22] and out["ds_tp_median_step_s"] == 0.22
+    assert out["torch_median_step_s"] == 0.24
+    assert out["ds_tp_vs_torch_by_median_step"] == pytest.approx(0.24 / 0.22, abs=1e-4)  # ds-tp faster: > 1
+    assert out["ds_tp_vs_torch_by_median_step_by_round"] == [pytest.approx(0.96)]  # rounds both ran
+    assert any("median step 0.2200 s" in line for line in report.summary_lines(out))
+
+
+def test_phase_clock_times_each_phase_of_a_real_loop(bench):
+    """bench_ways.PhaseClock on a tiny torch loop: a sleep put in one phase shows up in that phase's median
+    and no other, over the measured steps only (the slow warm-up steps are not counted)."""
+    import time
+
+    import bench_ways
+    import torch
+
+    class SlowSGD(torch.optim.SGD):
+        def step(self, closure=None):
+            time.sleep(0.004)  # inside the optimizer step
+            return super().step(closure)
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    optimizer = SlowSGD(model.parameters(), lr=0.1)
+    clock = bench_ways.PhaseClock()
+    try:
+        for step in range(7):
+            time.sleep(0.002 if step >= 4 else 0.05)  # between steps (warm-up steps 1-4 much slower)
+            out = model(torch.ones(2, 4)).sum()
+            time.sleep(0.006)  # after the forward, before the optimizer step
+            out.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    finally:
+        clock.close()  # global hooks: gone after the test
+    got = clock.medians(warmup=4)
+    assert set(got) == {"between", "forward", "backward", "optimizer", "minor_faults_per_step"}
+    assert 2.0 <= got["between"] < 20 and 6.0 <= got["backward"] < 30 and 4.0 <= got["optimizer"] < 30
+    assert got["forward"] < 2.0
+    model(torch.ones(1, 4))
+    assert len(clock.events) == 7 * 4  # closed: the forward above was not seen
