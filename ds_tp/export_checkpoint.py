@@ -8,8 +8,9 @@ which the kernel drops under pressure. Then, one layer at a time, each weight is
 gathered from the ZeRO partitions of each TP rank (zero_to_fp32's reconstruction: the fp32 master copy
 where the optimizer holds one, else the module's own tensor), its TP shards joined (a weight whose
 shape on a TP rank differs from the model's along one dimension is concatenated along it in TP-rank
-order: AutoTP splits q/k/v/gate/up and lm_head by rows, o/down by columns, possibly unevenly; the rest
-is replicated and taken from TP rank 0), cast to the dtype save_pretrained writes (the model's, fp32),
+order: AutoTP splits q/k/v/gate/up and lm_head by rows, o/down by columns, possibly unevenly; a fused
+gate_up_proj (phi3, glm4) is split sub-block by sub-block, so it is joined gate slices first, then up
+slices (family_rules.tp_sub_blocks); the rest is replicated and taken from TP rank 0), cast to the dtype save_pretrained writes (the model's, fp32),
 and handed to the training export's ShardWriter, which writes a safetensors file (plus the index)
 whenever DS_TP_EXPORT_SHARD_MB (default 2048) have piled up. As save_pretrained does, tied weights are
 written once and transformers' weight conversions are reverted (per layer: they join or split the
@@ -66,10 +67,12 @@ def export_checkpoint(checkpoint: Path, out: Path) -> None:
     for stale in [*out.glob("model*.safetensors"), *out.glob("model.safetensors.index.json")]:
         stale.unlink()
     writer = ShardWriter(out, int(float(os.environ.get("DS_TP_EXPORT_SHARD_MB", DEFAULT_SHARD_MB)) * 2**20))
+    from ds_tp.translators.family_rules import tp_sub_blocks
     layers = by_layer([k for k in keep if k in names])
     with task(f"exporting {checkpoint.name}", len(layers), min_items=2) as advance:
         for layer in layers:
-            weights = {k: join_tp_shards(k, [r[k] for r in ranks], expected[k], checkpoint) for k in layer}
+            weights = {k: join_tp_shards(k, [r[k] for r in ranks], expected[k], checkpoint,
+                                         tp_sub_blocks(model.config.model_type, k)) for k in layer}
             for name, tensor in revert_weight_conversion(model, weights).items():
                 writer.add(name, tensor)
             del weights
@@ -193,8 +196,10 @@ def by_layer(names: list[str]) -> list[list[str]]:
     return list(groups.values())
 
 
-def join_tp_shards(name: str, shards: list[tuple[list, tuple]], want, checkpoint: Path):
-    """One weight from its TP ranks' (views, shape), in the dtype of `want` (its meta tensor in the model)."""
+def join_tp_shards(name: str, shards: list[tuple[list, tuple]], want, checkpoint: Path, blocks: int = 1):
+    """One weight from its TP ranks' (views, shape), in the dtype of `want` (its meta tensor in the model).
+    blocks > 1: each shard holds that many equal sub-block slices along the split dimension (a fused weight
+    AutoTP split one sub-block at a time): sub-block j is rank 0's j-th slice, rank 1's j-th slice, ..."""
     import torch
 
     shape = shards[0][1]
@@ -206,7 +211,14 @@ def join_tp_shards(name: str, shards: list[tuple[list, tuple]], want, checkpoint
             or any(s[1][:d] + s[1][d + 1:] != shape[:d] + shape[d + 1:] for s in shards)):
         raise UserError(f"{checkpoint}: {name} is {list(shape)} on TP rank 0 and {list(want.shape)} in the "
                         f"model: not a split along one dimension over {len(shards)} TP ranks")
-    return torch.cat([materialise(s) for s in shards], dim=d).to(want.dtype)
+    parts = [materialise(s) for s in shards]
+    if blocks > 1:
+        if any(p.shape[d] % blocks for p in parts):
+            raise UserError(f"{checkpoint}: {name}'s TP shards ({[p.shape[d] for p in parts]} along dimension {d}) do "
+                            f"not hold {blocks} equal sub-blocks each")
+        slices = [p.chunk(blocks, dim=d) for p in parts]
+        parts = [piece[j] for j in range(blocks) for piece in slices]
+    return torch.cat(parts, dim=d).to(want.dtype)
 
 
 def export_adapter(checkpoint: Path, out: Path) -> None:

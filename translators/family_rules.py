@@ -15,6 +15,8 @@ output head by vocabulary, and ds-tp's loss reads the whole vocabulary's logits.
 
 from __future__ import annotations
 
+import re
+
 from .model_shape import ModelShape
 
 COLUMN, ROW, SKIP = "column", "row", "skip"
@@ -31,9 +33,12 @@ def _attention(q: str = COLUMN, o: str = ROW) -> list[dict]:
     return [_spec(r".*\.self_attn\.[qkv]_proj\.weight$", q), _spec(r".*\.self_attn\.o_proj\.weight$", o)]
 
 
+FUSED_GATE_UP = r".*\.mlp\.gate_up_proj\.weight$"  # gate and up, one after the other: two equal sub-blocks
+
+
 def _mlp_fused(shape: ModelShape) -> list[dict]:
     return [
-        _spec(r".*\.mlp\.gate_up_proj\.weight$", COLUMN, [[shape.intermediate, shape.intermediate], -1]),
+        _spec(FUSED_GATE_UP, COLUMN, [[shape.intermediate, shape.intermediate], -1]),
         _spec(r".*\.mlp\.down_proj\.weight$", ROW),
     ]
 
@@ -82,3 +87,13 @@ def partition_config(shape: ModelShape | None) -> dict | None:
     if shape is None or shape.model_type not in SPECS:
         return None
     return {"use_default_specs": False, "layer_specs": SPECS[shape.model_type](shape)}
+
+
+FUSED_MLP = ("phi3", "glm4", "glm")  # the families whose specs split gate_up_proj sub-block by sub-block
+
+
+def tp_sub_blocks(model_type: str, name: str) -> int:
+    """How many equal sub-blocks AutoTP splits one at a time in this weight under ds-tp's specs: each TP rank
+    holds its slice of every sub-block, in order (gate then up), so the ranks' shards are joined sub-block by
+    sub-block, not end to end. 1 for a weight split as a whole (or not at all)."""
+    return 2 if model_type in FUSED_MLP and re.fullmatch(FUSED_GATE_UP, name) else 1

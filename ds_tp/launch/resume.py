@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ds_tp.errors import Problem, UserError
+from ds_tp.translators.family_rules import FUSED_MLP
 
 AXES = ("dp_replicate", "dp_shard", "tp", "cp")
 
@@ -72,9 +73,6 @@ def plan_resume(cfg, checkpoint: Path, state: dict, allow_batch_change: bool) ->
 
 def _product(saved: dict) -> str:
     return " x ".join(f"{k}({saved.get(k)})" for k in AXES)
-
-
-FUSED_MLP = ("phi3", "glm", "glm4")  # gate_up_proj split sub-block by sub-block (family_rules SubParamLinear)
 
 
 def reshard_problem(run, state: dict) -> str | None:

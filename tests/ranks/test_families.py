@@ -41,9 +41,15 @@ def base_model(family: str) -> str:
     return "builtin:tiny-llama" if family == "llama" else f"builtin:tiny-{family}"
 
 
+# the families whose fused gate_up_proj AutoTP splits sub-block by sub-block: their runs also save a checkpoint,
+# which `ds-tp export` must join gate slices first, then up slices
+FUSED = ("phi3", "glm4")
+
+
 def config(family: str, layout: str) -> dict:
     from tests.ranks.hf_reference import BASE
-    return {**BASE, **SGD, **LAYOUTS[layout], "base_model": base_model(family)}
+    return {**BASE, **SGD, **LAYOUTS[layout], "base_model": base_model(family),
+            **({"save_steps": 2} if family in FUSED else {})}
 
 
 def prepare_cells(folder: Path) -> dict:
@@ -99,6 +105,27 @@ def test_family_trains_like_one_process_or_is_refused_before_launch(matrix, fami
     assert ref[-1]["loss"] < ref[0]["loss"]  # it trained
     pairs = [(a, b) for a, b in zip(norms(ours), norms(ref)) if a is not None and b is not None]
     assert [a for a, _ in pairs] == pytest.approx([b for _, b in pairs], rel=1e-4)
+
+
+@pytest.mark.parametrize("family", FUSED)
+def test_export_of_a_tp2_checkpoint_equals_one_process(matrix, family, tmp_path):
+    """`ds-tp export` of the tp 2 run's step-2 checkpoint (gate_up_proj held as each rank's gate slice then up
+    slice) loads with the weights of the one-process run's step-2 checkpoint."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ds_tp.export_checkpoint import export_checkpoint
+    from ds_tp.runfiles import PreparedRun
+    states = {}
+    for layout in ("one", "tp2"):
+        assert isinstance(matrix[family, layout], Path), matrix[family, layout]
+        export_checkpoint(Path(PreparedRun.read(matrix[family, layout]).output_dir) / "checkpoint-2", tmp_path / layout)
+        states[layout] = AutoModelForCausalLM.from_pretrained(tmp_path / layout).state_dict()
+    assert states["one"].keys() == states["tp2"].keys()
+    fused = [k for k in states["one"] if k.endswith("gate_up_proj.weight")]
+    assert fused, "no fused gate_up_proj in this family"
+    for name, want in states["one"].items():
+        torch.testing.assert_close(states["tp2"][name], want, atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_the_matrix_trains_at_least_nine_in_ten_cells(matrix):

@@ -124,3 +124,22 @@ def test_a_tp_plan_deepspeed_cannot_apply_is_refused_before_launch():
     for model_type in ("llama", "phi3", "glm4", "olmo2"):
         config = AutoConfig.for_model(model_type)
         assert tp_plan_problem(config, shape_of(config)) is None, model_type
+
+
+def test_a_fused_gate_up_is_joined_sub_block_by_sub_block():
+    """Each TP rank holds [its gate slice; its up slice] of a fused gate_up_proj (phi3, glm4): the export joins
+    the gate slices, then the up slices; a plain split weight (or another family's) is joined end to end."""
+    import torch
+    from ds_tp.translators.family_rules import tp_sub_blocks
+
+    from ds_tp.export_checkpoint import join_tp_shards
+    name = "model.layers.0.mlp.gate_up_proj.weight"
+    assert tp_sub_blocks("phi3", name) == tp_sub_blocks("glm4", name) == 2
+    assert tp_sub_blocks("phi3", "model.layers.0.mlp.down_proj.weight") == tp_sub_blocks("llama", name) == 1
+    full = torch.arange(8 * 3, dtype=torch.float32).reshape(8, 3)  # gate rows 0-3, up rows 4-7
+    gate, up = full[:4], full[4:]
+    shards = [torch.cat([gate[:2], up[:2]]), torch.cat([gate[2:], up[2:]])]  # what AutoTP's sub-block split holds
+    views = [([s.reshape(-1)], tuple(s.shape)) for s in shards]
+    want = torch.empty(8, 3, device="meta")
+    assert torch.equal(join_tp_shards(name, views, want, None, blocks=2), full)
+    assert not torch.equal(join_tp_shards(name, views, want, None, blocks=1), full)  # end to end would be wrong
