@@ -211,14 +211,21 @@ def join_tp_shards(name: str, shards: list[tuple[list, tuple]], want, checkpoint
             or any(s[1][:d] + s[1][d + 1:] != shape[:d] + shape[d + 1:] for s in shards)):
         raise UserError(f"{checkpoint}: {name} is {list(shape)} on TP rank 0 and {list(want.shape)} in the "
                         f"model: not a split along one dimension over {len(shards)} TP ranks")
-    parts = [materialise(s) for s in shards]
+    return cat_tp_shards([materialise(s) for s in shards], d, blocks, name, checkpoint).to(want.dtype)
+
+
+def cat_tp_shards(parts: list, d: int, blocks: int, name: str, checkpoint: Path | None):
+    """The TP ranks' shards of one weight joined along dimension d, in TP-rank order; blocks > 1: sub-block
+    by sub-block (each shard holds its slice of every sub-block, in order; family_rules.tp_sub_blocks)."""
+    import torch
+
     if blocks > 1:
         if any(p.shape[d] % blocks for p in parts):
             raise UserError(f"{checkpoint}: {name}'s TP shards ({[p.shape[d] for p in parts]} along dimension {d}) do "
                             f"not hold {blocks} equal sub-blocks each")
         slices = [p.chunk(blocks, dim=d) for p in parts]
         parts = [piece[j] for j in range(blocks) for piece in slices]
-    return torch.cat(parts, dim=d).to(want.dtype)
+    return torch.cat(parts, dim=d)
 
 
 def export_adapter(checkpoint: Path, out: Path) -> None:

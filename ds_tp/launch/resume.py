@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ds_tp.errors import Problem, UserError
-from ds_tp.translators.family_rules import FUSED_MLP
 
 AXES = ("dp_replicate", "dp_shard", "tp", "cp")
 
@@ -85,9 +84,4 @@ def reshard_problem(run, state: dict) -> str | None:
     if stage == 0 and run.precision.half_weights:
         return (f"this layout runs {run.precision.name} at ZeRO stage 0 (DeepSpeed keeps the fp32 copy and moments in "
                 "its own 16-bit optimizer wrapper, which ds-tp does not fill): resume with dp_shard_size > 1")
-    saved_tp = (saved_run.get("layout") or state.get("layout") or {}).get("tp", 1)
-    model_type = run.model.model_type if run.model else ""
-    if model_type in FUSED_MLP and saved_tp != run.layout.tp:
-        return (f"{model_type}'s fused gate_up_proj is split sub-block by sub-block under tensor parallelism; "
-                f"changing tp ({saved_tp} -> {run.layout.tp}) is not supported for it")
     return None

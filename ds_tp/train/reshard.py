@@ -52,24 +52,27 @@ class SavedTensors:
                             + (f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""))
         self.step = saved_step(checkpoint, tp_ranks[0])
 
-    def whole(self, name: str, key: str | None = None) -> torch.Tensor:
+    def whole(self, name: str, key: str | None = None, blocks: int = 1) -> torch.Tensor:
         """The fp32 weight (key None) or an Adam moment of one parameter."""
         from ds_tp.export_checkpoint import materialise
 
         parts = [materialise(r[name]).float() for r in self.per_rank[key]]
-        return _join(parts, tuple(self.shapes[name]), name, self.checkpoint)
+        return _join(parts, tuple(self.shapes[name]), name, self.checkpoint, blocks)
 
 
-def _join(parts: list[torch.Tensor], shape: tuple, name: str, checkpoint: Path) -> torch.Tensor:
+def _join(parts: list[torch.Tensor], shape: tuple, name: str, checkpoint: Path, blocks: int = 1) -> torch.Tensor:
     """One tensor of the model's `shape` from its saved TP shards: replicated (rank 0's is whole) or split along
-    the one dimension where a shard is smaller (AutoTP splits rows or columns, possibly unevenly)."""
+    the one dimension where a shard is smaller (AutoTP splits rows or columns, possibly unevenly; a fused weight
+    of `blocks` sub-blocks one sub-block at a time)."""
+    from ds_tp.export_checkpoint import cat_tp_shards
+
     if tuple(parts[0].shape) == shape:
         return parts[0]
     dims = [d for d in range(len(shape)) if parts[0].shape[d] != shape[d]] if parts[0].dim() == len(shape) else []
     if len(dims) != 1 or sum(p.shape[dims[0]] for p in parts) != shape[dims[0]]:
         raise UserError(f"{checkpoint}: {name}'s saved TP shards {[list(p.shape) for p in parts]} do not make "
                         f"its shape {list(shape)}")
-    return torch.cat(parts, dim=dims[0])
+    return cat_tp_shards(parts, dims[0], blocks, name, checkpoint)
 
 
 def saved_step(checkpoint: Path, tp_rank: int) -> float:
@@ -89,16 +92,20 @@ def saved_step(checkpoint: Path, tp_rank: int) -> float:
     return steps[0]
 
 
-def shard_for(whole: torch.Tensor, local_shape: tuple, tp_shapes: list, me: int, name: str) -> torch.Tensor:
+def shard_for(whole: torch.Tensor, local_shape: tuple, tp_shapes: list, me: int, name: str,
+              blocks: int = 1) -> torch.Tensor:
     """This TP rank's piece of a whole tensor: along the dimension where the local shape is smaller, starting
-    after the pieces of the TP ranks before it (tp_shapes: every TP rank's local shape, in TP order)."""
+    after the pieces of the TP ranks before it (tp_shapes: every TP rank's local shape, in TP order); with
+    blocks > 1 (a fused weight split one sub-block at a time) that piece of each sub-block, in order."""
     if tuple(whole.shape) == tuple(local_shape):
         return whole
     dims = [d for d in range(whole.dim()) if whole.shape[d] != local_shape[d]]
-    if len(dims) != 1:
+    if len(dims) != 1 or any(x % blocks for x in (whole.shape[dims[0]], local_shape[dims[0]])):
         raise UserError(f"{name}: saved as {list(whole.shape)}, this rank holds {list(local_shape)}: not a TP split")
     d = dims[0]
-    return whole.narrow(d, sum(shape[d] for shape in tp_shapes[:me]), local_shape[d])
+    start = sum(shape[d] for shape in tp_shapes[:me])
+    return torch.cat([sub.narrow(d, start // blocks, local_shape[d] // blocks) for sub in whole.chunk(blocks, dim=d)],
+                     dim=d)
 
 
 def _tp_shapes(mesh, params: dict) -> dict[str, list]:
@@ -124,10 +131,13 @@ def load_resharded(engine, mesh, checkpoint: Path, state: dict, global_shapes: d
     zero = engine.zero_optimization_stage()
     if zero:
         _ensure_adam_state(engine)
+    from ds_tp.translators.family_rules import tp_sub_blocks
+    model_type = getattr(getattr(engine.module, "config", None), "model_type", "")
     for name, param in params.items():
         local = tuple(getattr(param, "ds_shape", param.shape))
-        value = shard_for(saved.whole(name), local, tp_shapes[name], me, name)
-        pieces = {k: shard_for(saved.whole(name, k), local, tp_shapes[name], me, name) for k in MOMENTS}
+        blocks = tp_sub_blocks(model_type, name)  # phi3/glm4's gate_up: gate slices, then up slices, on each rank
+        value = shard_for(saved.whole(name, None, blocks), local, tp_shapes[name], me, name, blocks)
+        pieces = {k: shard_for(saved.whole(name, k, blocks), local, tp_shapes[name], me, name, blocks) for k in MOMENTS}
         if zero == 0:
             _set_stage0(engine, param, value, pieces, step)
         else:

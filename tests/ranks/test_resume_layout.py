@@ -21,6 +21,8 @@ CASES = {  # name: (layout A, world A, layout B, world B, extra, gas A, gas B (k
     "tp2 x dp_shard2 -> dp_shard 2": (TP2DP2, 4, DP2, 2, [], 1, 1),
     "cp 2->1": (CP2, 2, DP1, 1, ["--micro-batch-size", "1"], 1, 1),  # CP with packing takes one row a micro-step
     "lora dp_shard 2->1": (DP2, 2, DP1, 1, LORA, 1, 2),
+    # the fused gate_up_proj, split gate and up sub-block by sub-block under TP
+    "phi3 tp 1->2": (DP1, 1, TP2, 2, ["--base-model", "builtin:tiny-phi3"], 1, 1),
 }
 
 

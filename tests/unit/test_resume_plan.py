@@ -93,6 +93,19 @@ def test_layouts_ds_tp_does_not_reshard_are_refused_before_launch():
     assert "ZeRO stage 0" in reshard_problem(run, _state())
     run = SimpleNamespace(zero_stage=3, precision=SimpleNamespace(half_weights=True, name="bf16"),
                           layout=SimpleNamespace(tp=2), model=SimpleNamespace(model_type="phi3"))
-    assert "fused gate_up_proj" in reshard_problem(run, _state())
-    assert reshard_problem(SimpleNamespace(**{**vars(run), "model": SimpleNamespace(model_type="llama")}), _state()) is None
+    assert reshard_problem(run, _state()) is None  # phi3's fused gate_up is resharded sub-block by sub-block
     assert "stage 1 or 2" in reshard_problem(SimpleNamespace(**{**vars(run), "zero_stage": 2}), _state())
+
+
+def test_a_fused_weight_is_cut_and_joined_sub_block_by_sub_block():
+    """train/reshard.py: a TP rank's piece of phi3/glm4's gate_up is its slice of gate, then of up (uneven TP
+    splits included), and joining the ranks' pieces gives the whole weight back."""
+    import torch
+
+    from ds_tp.train.reshard import _join, shard_for
+    whole = torch.arange(10 * 2, dtype=torch.float32).reshape(10, 2)  # gate rows 0-4, up rows 5-9
+    shapes = [(6, 2), (4, 2)]  # an uneven split: 3 + 2 rows of each sub-block
+    mine = [shard_for(whole, shapes[r], shapes, r, "w", blocks=2) for r in range(2)]
+    assert torch.equal(mine[0], whole[[0, 1, 2, 5, 6, 7]]) and torch.equal(mine[1], whole[[3, 4, 8, 9]])
+    assert torch.equal(_join(mine, (10, 2), "w", None, blocks=2), whole)
+    assert not torch.equal(shard_for(whole, shapes[0], shapes, 0, "w"), mine[0])  # cut end to end: wrong
