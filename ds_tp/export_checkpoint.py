@@ -200,7 +200,6 @@ def join_tp_shards(name: str, shards: list[tuple[list, tuple]], want, checkpoint
     """One weight from its TP ranks' (views, shape), in the dtype of `want` (its meta tensor in the model).
     blocks > 1: each shard holds that many equal sub-block slices along the split dimension (a fused weight
     AutoTP split one sub-block at a time): sub-block j is rank 0's j-th slice, rank 1's j-th slice, ..."""
-    import torch
 
     shape = shards[0][1]
     if shape == tuple(want.shape):
