@@ -96,4 +96,5 @@ def tp_sub_blocks(model_type: str, name: str) -> int:
     """How many equal sub-blocks AutoTP splits one at a time in this weight under ds-tp's specs: each TP rank
     holds its slice of every sub-block, in order (gate then up), so the ranks' shards are joined sub-block by
     sub-block, not end to end. 1 for a weight split as a whole (or not at all)."""
-    return 2 if model_type in FUSED_MLP and re.fullmatch(FUSED_GATE_UP, name) else 1
+    fused = re.fullmatch(FUSED_GATE_UP, name) or re.fullmatch(r".*\.mlp\.gate_up_proj\.lora_B\.[^.]+\.weight", name)
+    return 2 if model_type in FUSED_MLP and fused else 1  # a LoRA lora_B is split as its base layer is

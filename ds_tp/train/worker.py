@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     global_shapes = shapes_before_sharding(model)
     if run.adapter and layout.tp > 1:
         from ds_tp.train.tp_lora import split_lora_layers
-        split_lora_layers(model, mesh)
+        split_lora_layers(model, mesh, (plan.ds_config.get("tensor_parallel") or {}).get("partition_config"))
     call_hook(plugins, "post_model_load", cfg, model)
     if plan.mode == "evaluate":
         from ds_tp.train.evaluate import evaluate_model

@@ -19,12 +19,15 @@ from tests.ranks.harness import SHARP, losses, train
 @pytest.fixture(scope="module")
 def configs(tmp_path_factory) -> dict:
     """The quickstart-lora/-qlora examples without lora_modules_to_save (refused with TP, and the embeddings
-    they train are not adapters): {"lora": path, "qlora": path}."""
+    they train are not adapters): {"lora": path, "qlora": path, "phi3-lora": path}. phi3-lora: the LoRA example
+    on the tiny Phi-3, whose fused gate_up_proj (and its lora_B) TP splits gate and up sub-block by sub-block."""
     folder = tmp_path_factory.mktemp("configs")
     out = {}
-    for kind in ("lora", "qlora"):
-        lines = [x for x in (EXAMPLES / f"quickstart-{kind}.yaml").read_text().splitlines()
-                 if not x.startswith("lora_modules_to_save")]
+    for kind in ("lora", "qlora", "phi3-lora"):
+        example = EXAMPLES / f"quickstart-{kind.removeprefix('phi3-')}.yaml"
+        lines = [x for x in example.read_text().splitlines() if not x.startswith("lora_modules_to_save")]
+        if kind == "phi3-lora":
+            lines = [x.replace("builtin:tiny-llama", "builtin:tiny-phi3") for x in lines]
         out[kind] = folder / f"{kind}.yaml"
         out[kind].write_text("\n".join(lines).replace("path: examples/", f"path: {EXAMPLES}/") + "\n")
     return out
@@ -39,7 +42,9 @@ LAYOUTS = [
                                  "--gradient-accumulation-steps", "1"], 4),
     ("qlora", "dp_shard2", ["--dp-shard-size", "2", "--gradient-accumulation-steps", "1"], 2),
     ("qlora", "cp2", ["--dp-shard-size", "1", "--context-parallel-size", "2", "--gradient-accumulation-steps", "2"], 2),
+    ("phi3-lora", "tp2", ["--dp-shard-size", "1", "--tensor-parallel-size", "2", "--gradient-accumulation-steps", "2"], 2),
 ]
+ADAPTED = {"lora": 56, "qlora": 56, "phi3-lora": 16}  # A and B of each adapted linear layer (Phi-3: 4 in 2 blocks)
 
 
 def adapter_weights(folder: Path) -> dict:
@@ -65,7 +70,7 @@ def one_process(tmp_path_factory, configs):
 def test_adapter_layout_matches_one_process(one_process, configs, tmp_path, capfd, kind, name, overrides, nproc):
     out = tmp_path / name
     got = losses(train(out, [*STEPS, *overrides], nproc, config=configs[kind]))
-    if "tp2" in name:  # the rank log's sharding report: the layers and their adapters really are split
+    if "tp2" in name and kind == "lora":  # the rank log's sharding report: the layers and adapters really are split
         log = capfd.readouterr().out
         prefix = "rank 0 base_model.model.model.layers.0."
         for param, split in (("self_attn.q_proj.base_layer.weight: global [64, 64], on TP rank 0/2 [32, 64]", "column"),
@@ -76,12 +81,12 @@ def test_adapter_layout_matches_one_process(one_process, configs, tmp_path, capf
                              ("mlp.down_proj.lora_B.default.weight: global [64, 16], on TP rank 0/2 [64, 16]", "whole")):
             assert prefix + param in log, (split, param)
     plan = json.loads((out / "ds_tp" / "run.json").read_text())
-    assert plan["run"]["adapter"]["kind"] == kind
+    assert plan["run"]["adapter"]["kind"] == kind.removeprefix("phi3-")
     ref_out, ref = one_process(kind, plan["global_batch"])
     assert len(got) == len(ref) == 6 and ref[-1] < ref[0]
     assert max(abs(a - b) for a, b in zip(got, ref)) < 1e-5, (got, ref)
     mine, theirs = adapter_weights(out), adapter_weights(ref_out)
-    assert mine.keys() == theirs.keys() and len(mine) == 56  # A and B of 7 linear layers in 4 blocks
+    assert mine.keys() == theirs.keys() and len(mine) == ADAPTED[kind]  # Llama: A and B of 7 linear layers in 4 blocks
     assert max((mine[k] - theirs[k]).abs().max().item() for k in mine) < 1e-5
 
 

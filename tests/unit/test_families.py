@@ -135,6 +135,8 @@ def test_a_fused_gate_up_is_joined_sub_block_by_sub_block():
     from ds_tp.export_checkpoint import join_tp_shards
     name = "model.layers.0.mlp.gate_up_proj.weight"
     assert tp_sub_blocks("phi3", name) == tp_sub_blocks("glm4", name) == 2
+    assert tp_sub_blocks("phi3", "base_model.model.model.layers.0.mlp.gate_up_proj.lora_B.default.weight") == 2
+    assert tp_sub_blocks("phi3", "base_model.model.model.layers.0.mlp.gate_up_proj.lora_A.default.weight") == 1
     assert tp_sub_blocks("phi3", "model.layers.0.mlp.down_proj.weight") == tp_sub_blocks("llama", name) == 1
     full = torch.arange(8 * 3, dtype=torch.float32).reshape(8, 3)  # gate rows 0-3, up rows 4-7
     gate, up = full[:4], full[4:]
