@@ -10,6 +10,32 @@ from bench_report import ds_tp_window, step_intervals
 
 # --- the children ------------------------------------------------------------------------------
 
+class OptimizerSteps:
+    """Calls begin() and end() around each outermost optimizer step, through torch's global optimizer hooks.
+    Outermost: a subclass whose step calls super().step() fires the hooks twice when both classes' steps were
+    patched (torch patches each Optimizer class the first time one is built), and wrappers (DeepSpeed's,
+    accelerate's) can nest the same way; only the outer pair counts."""
+
+    def __init__(self, begin=None, end=None):
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+        self.depth = 0
+
+        def pre(*_):
+            self.depth += 1
+            if self.depth == 1 and begin:
+                begin()
+
+        def post(*_):
+            self.depth -= 1
+            if self.depth == 0 and end:
+                end()
+        self.handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 class PhaseClock:
     """--phases (CPU): each step cut at its outermost forward's start and end and its optimizer step's start
     and end, through torch's global module and optimizer hooks, the same for every way. Phases: `between`
@@ -21,7 +47,6 @@ class PhaseClock:
         import resource
 
         from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
-        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
         self.events: list[tuple[str, float, int]] = []
         self.outer = None
         faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # noqa: E731
@@ -36,14 +61,14 @@ class PhaseClock:
             if module is self.outer:
                 mark("backward")
 
-        def opt_end(*_):
+        def opt_end():
             mark("between")
             self.outer = None
-        self.handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post),
-                        register_optimizer_step_pre_hook(lambda *_: mark("optimizer")),
-                        register_optimizer_step_post_hook(opt_end)]
+        self.steps = OptimizerSteps(lambda: mark("optimizer"), opt_end)
+        self.handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post)]
 
     def close(self) -> None:
+        self.steps.close()
         for handle in self.handles:
             handle.remove()
 
@@ -277,13 +302,12 @@ def child_torch(spec: dict) -> dict:
 def child(way: str, spec_path: Path, result_path: Path) -> int:
     spec = json.loads(spec_path.read_text())
     import torch
-    from torch.optim.optimizer import register_optimizer_step_post_hook
     torch.set_num_threads(int(spec["threads"]))
     # The end of every optimizer step, whichever way (and wrapper) ran it: per-step times measured alike for
     # all ways. CPU only: on a GPU the host runs ahead of the device, and a sync here would change the run.
     ends: list[float] = []
     if not torch.cuda.is_available():
-        register_optimizer_step_post_hook(lambda *_: ends.append(time.perf_counter()))
+        OptimizerSteps(end=lambda: ends.append(time.perf_counter()))
     phases = PhaseClock() if spec.get("phases") and not torch.cuda.is_available() else None
     if way == "ds_tp":
         result = child_ds_tp(spec)
